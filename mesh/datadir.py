@@ -1,0 +1,148 @@
+"""The data directory: where a node or publisher keeps its store and trust settings.
+
+Layout::
+
+    DATA_DIR/store/        the chunk store (see mesh.store.fs)
+    DATA_DIR/trust.json    trusted publisher keys and the model patterns each may sign
+
+``DATA_DIR`` is ``--data-dir``, else ``$EDGEMESH_HOME``, else
+``$XDG_DATA_HOME/edgemesh`` (``~/.local/share/edgemesh``).
+
+Rules: ``trust.json`` is rewritten atomically; a corrupt one is an error, never
+silently treated as empty (that would turn "trust nobody" into "trust nobody, quietly").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mesh.core.trust import TrustedKey, TrustStore
+from mesh.crypto import PublicKey
+from mesh.errors import ConfigError, KeyFileError
+from mesh.ids import KeyId
+from mesh.store.fs import FsStore
+
+TRUST_FORMAT = 1
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("EDGEMESH_HOME")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "edgemesh"
+
+
+def parse_patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not patterns:
+        raise ConfigError(f"empty model pattern list {text!r}")
+    return patterns
+
+
+def trusted_key_from_spec(spec: str) -> TrustedKey:
+    """``PUBFILE`` or ``PUBFILE:GLOB[,GLOB...]`` -> a trusted key limited to those models."""
+    path_text, sep, pats = spec.partition(":")
+    patterns = parse_patterns(pats) if sep else ("*",)
+    key = PublicKey.load(Path(path_text))
+    return TrustedKey(key, patterns, label=Path(path_text).name)
+
+
+@dataclass
+class DataDir:
+    root: Path
+
+    @property
+    def store_root(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def trust_file(self) -> Path:
+        return self.root / "trust.json"
+
+    def open_store(self, *, readonly: bool = False) -> FsStore:
+        return FsStore(self.store_root, readonly=readonly)
+
+    # -- trust store --------------------------------------------------------------------
+
+    def _read_trust(self) -> list[dict[str, Any]]:
+        try:
+            raw = json.loads(self.trust_file.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"trust store {self.trust_file} is unreadable: {e}") from None
+        if not isinstance(raw, dict) or raw.get("format") != TRUST_FORMAT:
+            raise ConfigError(f"trust store {self.trust_file} has an unknown format")
+        keys = raw.get("keys")
+        if not isinstance(keys, list):
+            raise ConfigError(f"trust store {self.trust_file}: 'keys' must be a list")
+        return keys
+
+    def load_trust(self) -> TrustStore:
+        store = TrustStore()
+        for i, entry in enumerate(self._read_trust()):
+            try:
+                key = PublicKey.from_pem(
+                    entry["public_key"].encode(), f"{self.trust_file} key #{i}"
+                )
+                patterns = tuple(entry.get("models") or ("*",))
+                label = str(entry.get("label", ""))
+            except (KeyError, AttributeError, TypeError):
+                raise ConfigError(
+                    f"trust store {self.trust_file}: entry #{i} is malformed"
+                ) from None
+            except KeyFileError as e:
+                raise ConfigError(str(e)) from None
+            if entry.get("id") != key.key_id.hex():
+                raise ConfigError(
+                    f"trust store {self.trust_file}: entry #{i} id does not match its key"
+                )
+            store.add(TrustedKey(key, patterns, label))
+        return store
+
+    def add_trusted(
+        self, key: PublicKey, patterns: tuple[str, ...] = ("*",), label: str = ""
+    ) -> bool:
+        """Add or update a trusted key; True if it was new."""
+        entries = [e for e in self._read_trust() if e.get("id") != key.key_id.hex()]
+        new = len(entries) == len(self._read_trust())
+        entries.append(
+            {
+                "id": key.key_id.hex(),
+                "label": label,
+                "models": list(patterns),
+                "public_key": key.to_pem().decode(),
+            }
+        )
+        self._write_trust(entries)
+        return new
+
+    def remove_trusted(self, key_id_prefix: str) -> KeyId:
+        entries = self._read_trust()
+        matches = [e for e in entries if str(e.get("id", "")).startswith(key_id_prefix.lower())]
+        if len(matches) != 1:
+            raise ConfigError(
+                f"key id {key_id_prefix!r} matches {len(matches)} trusted keys; give more digits"
+            )
+        self._write_trust([e for e in entries if e is not matches[0]])
+        return KeyId.from_hex(matches[0]["id"])
+
+    def _write_trust(self, entries: list[dict[str, Any]]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.trust_file.with_name(f".trust.json.{os.getpid()}.tmp")
+        data = json.dumps({"format": TRUST_FORMAT, "keys": entries}, indent=2) + "\n"
+        try:
+            with open(tmp, "w") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.trust_file)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write trust store {self.trust_file}: {e.strerror}") from None

@@ -1,0 +1,4 @@
+"""Trio and library adapters: they pump bytes and events between the world and the core.
+
+Adapters make no protocol decisions and do not import each other; one driver wires them.
+"""

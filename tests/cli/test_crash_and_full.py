@@ -180,7 +180,8 @@ def test_disk_full_during_publish_keeps_store_consistent(
             "65536",
         )
         assert res.returncode == 1
-        assert "disk full" in res.error_line and "nothing partial was kept" in res.error_line
+        assert "disk full" in res.error_line
+        assert "nothing partial was kept" in res.error_line
 
         # previous release intact, no trace of the failed one, space given back
         listing = run("releases", "--data-dir", data, "--json", check=True).json()

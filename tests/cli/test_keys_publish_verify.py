@@ -30,7 +30,8 @@ def test_keygen_refuses_to_overwrite_without_force(run: Run, tmp_path: Path) -> 
     before = (tmp_path / "k.key").read_bytes()
     res = run("keygen", "--out", tmp_path / "k.key")
     assert res.returncode == 1
-    assert "already exists" in res.error_line and "--force" in res.error_line
+    assert "already exists" in res.error_line
+    assert "--force" in res.error_line
     assert (tmp_path / "k.key").read_bytes() == before
     run("keygen", "--out", tmp_path / "k.key", "--force", check=True)
     assert (tmp_path / "k.key").read_bytes() != before
@@ -54,7 +55,8 @@ def test_publish_then_verify_round(run: Run, model: Path, key: Path, tmp_path: P
         "--json",
         check=True,
     ).json()
-    assert pub["version"] == 3 and pub["chunks_total"] == pub["chunks_new"] > 1
+    assert pub["version"] == 3
+    assert pub["chunks_total"] == pub["chunks_new"] > 1
     assert pub["load_checked"] is True
     assert pub["inputs"] == ["x: float32[batch,256]"]
     ver = run(
@@ -139,7 +141,8 @@ def test_publish_empty_file(run: Run, key: Path, published: Path, tmp_path: Path
         "--data-dir",
         published,
     )
-    assert res.returncode == 1 and "is empty" in res.error_line
+    assert res.returncode == 1
+    assert "is empty" in res.error_line
     _assert_unchanged(run, published)
 
 
@@ -185,7 +188,8 @@ def test_publish_truncated_onnx(
         "--data-dir",
         published,
     )
-    assert res.returncode == 1 and "ONNX" in res.error_line
+    assert res.returncode == 1
+    assert "ONNX" in res.error_line
     _assert_unchanged(run, published)
 
 
@@ -216,7 +220,8 @@ def test_publish_model_onnxruntime_rejects(
         "--data-dir",
         published,
     )
-    assert res.returncode == 1 and "onnxruntime cannot load" in res.error_line
+    assert res.returncode == 1
+    assert "onnxruntime cannot load" in res.error_line
     _assert_unchanged(run, published)
 
 
@@ -238,7 +243,8 @@ def test_publish_bad_key_file(
     res = run(
         "publish", model, "--model", "cam", "--version", "2", "--key", bad, "--data-dir", published
     )
-    assert res.returncode == 1 and message in res.error_line
+    assert res.returncode == 1
+    assert message in res.error_line
     _assert_unchanged(run, published)
 
 
@@ -273,7 +279,8 @@ def test_publish_unreadable_key(
             os.seteuid(0)
     err = capsys.readouterr().err.strip()
     assert code == 1
-    assert "not readable (permission denied)" in err and "\n" not in err
+    assert "not readable (permission denied)" in err
+    assert "\n" not in err
 
 
 def test_publish_with_public_key_is_refused(
@@ -292,7 +299,8 @@ def test_publish_with_public_key_is_refused(
         published,
     )
     assert res.returncode == 1
-    assert "is a public key" in res.error_line and "private key" in res.error_line
+    assert "is a public key" in res.error_line
+    assert "private key" in res.error_line
     _assert_unchanged(run, published)
 
 
@@ -318,7 +326,8 @@ def test_publish_wrong_curve_key_is_refused(
         "--data-dir",
         published,
     )
-    assert res.returncode == 1 and "not an ECDSA P-256 key" in res.error_line
+    assert res.returncode == 1
+    assert "not an ECDSA P-256 key" in res.error_line
     _assert_unchanged(run, published)
 
 
@@ -351,7 +360,8 @@ def test_publish_usage_error_is_one_line(run: Run, model: Path) -> None:
 
 def test_publish_bad_model_name(run: Run, model: Path, key: Path) -> None:
     res = run("publish", model, "--model", "Bad Name!", "--version", "1", "--key", key)
-    assert res.returncode == 1 and "model name" in res.error_line
+    assert res.returncode == 1
+    assert "model name" in res.error_line
 
 
 def _first_chunk(data: Path) -> Path:
@@ -369,7 +379,9 @@ def test_verify_names_flipped_chunk_and_release(run: Run, published: Path) -> No
     res = run("verify", "--model", "cam", "--data-dir", published, "--json")
     assert res.returncode == 1
     line = res.error_line
-    assert "chunk #1" in line and chunk.name[:12] in line and "cam v1" in line
+    assert "chunk #1" in line
+    assert chunk.name[:12] in line
+    assert "cam v1" in line
     report = res.json()
     assert report["ok"] is False
     assert report["bad_chunks"] == [
@@ -393,7 +405,8 @@ def test_verify_reports_truncated_chunk(run: Run, published: Path) -> None:
 def test_verify_reports_missing_chunk(run: Run, published: Path) -> None:
     _first_chunk(published).unlink()
     res = run("verify", "--model", "cam", "--data-dir", published)
-    assert res.returncode == 1 and "missing" in res.error_line
+    assert res.returncode == 1
+    assert "missing" in res.error_line
 
 
 def test_verify_manifest_with_flipped_byte_fails_signature(run: Run, published: Path) -> None:
@@ -407,7 +420,8 @@ def test_verify_manifest_with_flipped_byte_fails_signature(run: Run, published: 
     rel.write_bytes(bytes(raw))
     res = run("verify", "--model", "cam", "--data-dir", published, "--json")
     assert res.returncode == 1
-    assert "signature" in res.error_line and "invalid" in res.error_line
+    assert "signature" in res.error_line
+    assert "invalid" in res.error_line
     assert "does not hash to its release id" in res.error_line
     assert res.json()["ok"] is False
 
@@ -416,7 +430,8 @@ def test_verify_manifest_damaged_beyond_decoding(run: Run, published: Path) -> N
     rel = next((published / "store" / "releases").glob("*.rel"))
     rel.write_bytes(rel.read_bytes()[:40])
     res = run("verify", "--model", "cam", "--data-dir", published)
-    assert res.returncode == 1 and "no release of model 'cam'" in res.error_line
+    assert res.returncode == 1
+    assert "no release of model 'cam'" in res.error_line
     listing = run("releases", "--data-dir", published, "--json", check=True).json()
     assert rel.stem in listing["damaged"]
 
@@ -451,14 +466,17 @@ def test_trust_store_commands(run: Run, published: Path, key: Path, tmp_path: Pa
 
 def test_verify_unknown_model_and_version(run: Run, published: Path) -> None:
     res = run("verify", "--model", "nope", "--data-dir", published)
-    assert res.returncode == 1 and "no release of model 'nope'" in res.error_line
+    assert res.returncode == 1
+    assert "no release of model 'nope'" in res.error_line
     res = run("verify", "--model", "cam", "--version", "7", "--data-dir", published)
-    assert res.returncode == 1 and "has no version 7 (have: 1)" in res.error_line
+    assert res.returncode == 1
+    assert "has no version 7 (have: 1)" in res.error_line
 
 
 def test_verify_without_store(run: Run, tmp_path: Path) -> None:
     res = run("verify", "--model", "cam", "--data-dir", tmp_path / "empty")
-    assert res.returncode == 1 and "no store at" in res.error_line
+    assert res.returncode == 1
+    assert "no store at" in res.error_line
 
 
 def test_new_version_shares_unchanged_chunks(
@@ -481,7 +499,8 @@ def test_new_version_shares_unchanged_chunks(
         "--json",
         check=True,
     ).json()
-    assert res["chunks_new"] == 0 and res["chunks_reused"] == res["chunks_total"]
+    assert res["chunks_new"] == 0
+    assert res["chunks_reused"] == res["chunks_total"]
 
 
 def test_gc_keeps_current_and_previous(run: Run, key: Path, tmp_path: Path) -> None:
@@ -502,6 +521,7 @@ def test_gc_keeps_current_and_previous(run: Run, key: Path, tmp_path: Path) -> N
             check=True,
         )
     out = run("gc", "--data-dir", data, "--json", check=True).json()
-    assert len(out["releases_removed"]) == 1 and out["chunks_removed"] >= 1
+    assert len(out["releases_removed"]) == 1
+    assert out["chunks_removed"] >= 1
     assert _releases(run, data) == [("cam", 2), ("cam", 3)]
     assert run("verify", "--model", "cam", "--version", "2", "--data-dir", data).returncode == 0

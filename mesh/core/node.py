@@ -1,0 +1,1141 @@
+"""``MeshNode``: the sans-IO protocol engine of one edgemesh node.
+
+What it owns: peers and their sessions, the announcement book, the releases the node
+holds or fetches (one *swarm* per release), availability (who has which chunk),
+the fetch scheduler, the upload queue, super-seeding, penalties and bans.
+
+API (the aioquic/h11 pattern, DESIGN §2)::
+
+    node.handle(event, now=t)        # events from mesh.core.events
+    for action in node.poll_actions(): ...   # actions from mesh.core.actions
+    node.next_deadline()              # when to call node.on_deadline(now=...)
+    node.statistics()                 # a frozen snapshot
+
+Rules:
+* Time only arrives as ``now``; randomness only from the injected ``random.Random``.
+  Same events in the same order with the same seed -> the same actions.
+* Nothing a peer sends is trusted: message meaning is checked against the manifest
+  (index range, bitfield length, requested-or-not); a manifest must hash to the id it
+  was requested by and carry a trusted signature; a chunk is only marked present
+  after the driver's store verified it (``ChunkStored(ok=True)``).
+* Bad behaviour costs penalty points (corrupt chunk 1.0, lie about a chunk 0.5,
+  undecodable or out-of-range message 2.0); at ``ban_threshold`` the peer is
+  disconnected and not dialled again for ``ban_seconds``.
+* Bounded state: per-peer queues, pending have-sets, remembered heads and rejected
+  releases all have fixed caps.
+
+Scheduler (DESIGN §4): rarest-first among chunks the peer has and we lack; at most
+``per_peer_requests`` in flight per peer and ``max_requests`` in total; faster peers
+(by measured delivery rate) are asked first; requests time out after an adaptive
+timeout and are retried elsewhere; near the end (endgame) outstanding chunks are also
+requested from a second peer and the loser is cancelled.  A publisher with
+``super_seed`` reveals to each peer only chunks that no peer has received yet, so
+each chunk leaves the seed about once; afterwards it reveals only chunks no
+connected peer holds.
+
+Non-goals: I/O of any kind, hashing chunk payloads (the driver's store does it),
+activation policy (``mesh.core.rollout``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.core import actions as A
+from mesh.core import events as E
+from mesh.core.announce import Announcement
+from mesh.core.ratelimit import TokenBucket
+from mesh.core.trust import SignedRelease, TrustStore
+from mesh.core.wire import (
+    PROTOCOL_VERSION,
+    Cancel,
+    ChunkData,
+    ChunkRequest,
+    Have,
+    HaveUpdate,
+    Head,
+    Hello,
+    ManifestRequest,
+    ManifestResponse,
+    Message,
+    Reject,
+    RejectCode,
+)
+from mesh.errors import EdgemeshError, LocalProtocolError, RemoteProtocolError
+from mesh.ids import ChunkId, ReleaseId
+
+PeerId = E.PeerId
+
+PENALTY_CORRUPT = 1.0
+PENALTY_LIE = 0.5
+PENALTY_PROTOCOL = 2.0
+PENALTY_BAD_MANIFEST = 2.0
+MAX_PENDING_HAVES = 8  # have-sets for releases we do not know yet, per peer
+MAX_UPDATE_BACKLOG = 65536  # have-update indexes kept per pending have-set
+MAX_HEADS = 256
+MAX_REJECTED = 1024
+MAX_CANDIDATES = 512  # discovered peers remembered for dialling
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Tuning of one node.  Defaults suit a LAN of 100 Mbit/s devices and 1 MiB chunks."""
+
+    mesh: str = "default"
+    #: Announce releases and super-seed them (a publisher), instead of only sharing.
+    super_seed: bool = False
+    #: Peers to keep connections with: enough for rarest-first to see the swarm,
+    #: few enough that have-updates stay cheap (BitTorrent uses 30-80).
+    max_peers: int = 24
+    #: Inbound connections accepted beyond max_peers (others must be able to join us).
+    max_inbound: int = 48
+    #: Requests in flight to one peer: two keep its uplink busy across a round trip.
+    per_peer_requests: int = 2
+    #: Requests in flight in total: few concurrent downloads finish each chunk sooner,
+    #: and a chunk can only be served onwards once complete.
+    max_requests: int = 4
+    #: Chunks served at once; more split the uplink and delay every chunk.
+    upload_slots: int = 2
+    #: Queued requests per peer beyond which we answer BUSY (they ask elsewhere).
+    upload_queue_per_peer: int = 4
+    #: Batch have-updates this long: fewer messages, slightly later availability.
+    have_interval: float = 0.02
+    #: Request timeout: max(min, factor x this peer's typical delivery time).
+    request_timeout_min: float = 4.0
+    request_timeout_factor: float = 4.0
+    request_timeout_max: float = 60.0
+    manifest_timeout: float = 10.0
+    #: Endgame starts when this few chunks are missing (and all are requested).
+    endgame_chunks: int = 8
+    ban_threshold: float = 2.0
+    ban_seconds: float = 600.0
+    #: Re-gossip our announcements this often (gossip does not persist).
+    reannounce_interval: float = 30.0
+    upload_rate: float | None = None  # bytes/s, None = unlimited
+    download_rate: float | None = None
+    #: Retry dialling discovered peers when below max_peers this often.
+    dial_interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmStats:
+    release_id: ReleaseId
+    model: str
+    version: int
+    chunks_total: int
+    chunks_verified: int
+    complete: bool
+    completed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    peer: PeerId
+    penalty: float
+    bytes_from: int
+    bytes_to: int
+    rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    peers: tuple[PeerStats, ...]
+    swarms: tuple[SwarmStats, ...]
+    bytes_uploaded: int
+    bytes_downloaded: int
+    chunks_uploaded: int
+    chunks_downloaded: int
+    wasted_bytes: int
+    corrupt_chunks: int
+    requests_timed_out: int
+    banned: tuple[PeerId, ...]
+
+
+class _Swarm:
+    __slots__ = (
+        "avail",
+        "chunk_ids",
+        "completed_at",
+        "full_mask",
+        "given",
+        "have",
+        "have_count",
+        "lengths",
+        "n",
+        "pending_updates",
+        "release",
+        "requested",
+        "requested_mask",
+        "rid",
+        "storing_mask",
+    )
+
+    def __init__(self, release: SignedRelease) -> None:
+        m = release.manifest
+        self.release = release
+        self.rid = m.release_id
+        refs = list(m.chunk_refs())
+        self.n = len(refs)
+        self.chunk_ids: list[ChunkId] = [r.chunk_id for r in refs]
+        self.lengths: list[int] = [r.length for r in refs]
+        self.have = 0
+        self.have_count = 0
+        self.full_mask = (1 << self.n) - 1
+        self.avail = [0] * self.n
+        self.requested: dict[int, dict[PeerId, float]] = {}
+        self.requested_mask = 0
+        self.storing_mask = 0
+        self.pending_updates: list[int] = []
+        self.given = [0] * self.n  # super-seeding: times revealed to some peer
+        self.completed_at: float | None = None
+
+    @property
+    def model(self) -> str:
+        return self.release.manifest.model
+
+    @property
+    def version(self) -> int:
+        return self.release.manifest.version
+
+    @property
+    def complete(self) -> bool:
+        return self.have_count == self.n
+
+    def bitfield(self, bits: int | None = None) -> bytes:
+        b = self.have if bits is None else bits
+        nbytes = (self.n + 7) // 8
+        # bit i (MSB first in byte i//8) = chunk i
+        out = bytearray(nbytes)
+        i = 0
+        while b:
+            low = b & -b
+            i = low.bit_length() - 1
+            out[i >> 3] |= 0x80 >> (i & 7)
+            b ^= low
+        return bytes(out)
+
+    def parse_bitfield(self, data: bytes) -> int:
+        if len(data) != (self.n + 7) // 8:
+            raise RemoteProtocolError(
+                f"have bitfield of {len(data)} bytes for a release of {self.n} chunks"
+            )
+        bits = 0
+        for byte_index, byte in enumerate(data):
+            if not byte:
+                continue
+            for bit in range(8):
+                if byte & (0x80 >> bit):
+                    i = byte_index * 8 + bit
+                    if i >= self.n:
+                        raise RemoteProtocolError("have bitfield sets bits past the last chunk")
+                    bits |= 1 << i
+        return bits
+
+
+@dataclass
+class _Peer:
+    id: PeerId
+    outbound: bool
+    connected_at: float
+    hello: Hello | None = None
+    have: dict[ReleaseId, int] = field(default_factory=dict)
+    # have-sets / updates for releases whose manifest we do not know yet
+    pending_have: dict[ReleaseId, bytes] = field(default_factory=dict)
+    pending_updates: dict[ReleaseId, list[int]] = field(default_factory=dict)
+    inflight: dict[tuple[ReleaseId, int], float] = field(default_factory=dict)
+    queue: deque[tuple[ReleaseId, int]] = field(default_factory=deque)
+    uploading: int = 0
+    revealed: dict[ReleaseId, int] = field(default_factory=dict)
+    penalty: float = 0.0
+    bytes_from: int = 0
+    bytes_to: int = 0
+    delivery_ewma: float | None = None  # seconds from request to verified data
+    rate_ewma: float = 0.0  # bytes/s delivered to us
+    manifest_inflight: dict[ReleaseId, float] = field(default_factory=dict)
+
+    def has(self, rid: ReleaseId, index: int) -> bool:
+        return bool(self.have.get(rid, 0) >> index & 1)
+
+
+@dataclass
+class _HeadInfo:
+    version: int
+    release_id: ReleaseId
+    sources: set[PeerId]
+    verified: bool  # from a signed announcement (vs. a peer's hello)
+    next_try: float = 0.0
+    tried: set[PeerId] = field(default_factory=set)
+
+
+class MeshNode:
+    """One node's protocol state machine.  See the module docstring."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        trust: TrustStore,
+        *,
+        rng: random.Random,
+        now: float = 0.0,
+        node_id: PeerId = "",
+    ) -> None:
+        self.config = config
+        self.trust = trust
+        self.rng = rng
+        self.node_id = node_id
+        self._actions: list[A.Action] = []
+        self._peers: dict[PeerId, _Peer] = {}
+        self._swarms: dict[ReleaseId, _Swarm] = {}
+        self._current: dict[str, int] = {}  # model -> newest version we hold a manifest of
+        self._heads: dict[str, _HeadInfo] = {}
+        self._rejected: dict[ReleaseId, str] = {}
+        self._banned: dict[PeerId, float] = {}
+        self._candidates: list[PeerId] = []
+        self._dialing: set[PeerId] = set()
+        self._announcements: list[bytes] = []
+        self._next_announce = now + config.reannounce_interval
+        self._next_dial = now
+        self._have_flush_at: float | None = None
+        self._up_bucket = TokenBucket(config.upload_rate, 4 * 1024 * 1024, now=now)
+        self._down_bucket = TokenBucket(config.download_rate, 4 * 1024 * 1024, now=now)
+        self._uploading_total = 0
+        self._stats = {
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "chunks_up": 0,
+            "chunks_down": 0,
+            "wasted": 0,
+            "corrupt": 0,
+            "timeouts": 0,
+        }
+        self._now = now
+
+    # == public API ==================================================================
+
+    def poll_actions(self) -> Iterator[A.Action]:
+        while self._actions:
+            batch, self._actions = self._actions, []
+            yield from batch
+
+    def handle(self, event: E.Event, *, now: float) -> None:
+        self._now = now
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            raise LocalProtocolError(f"MeshNode cannot handle {type(event).__name__}")
+        handler(self, event)
+        self._schedule()
+
+    def on_deadline(self, *, now: float) -> None:
+        self._now = now
+        self._expire_requests()
+        if self._have_flush_at is not None and now >= self._have_flush_at:
+            self._flush_have_updates()
+        if now >= self._next_announce and self._announcements:
+            for data in self._announcements:
+                self._emit(A.Gossip(data))
+            self._next_announce = now + self.config.reannounce_interval
+        if now >= self._next_dial:
+            self._dial()
+        self._retry_heads()
+        self._schedule()
+        self._serve_uploads()
+
+    def next_deadline(self) -> float | None:
+        times: list[float] = []
+        for p in self._peers.values():
+            for (_, _), sent in p.inflight.items():
+                times.append(sent + self._timeout(p))
+            for sent in p.manifest_inflight.values():
+                times.append(sent + self.config.manifest_timeout)
+        if self._have_flush_at is not None:
+            times.append(self._have_flush_at)
+        if self._announcements:
+            times.append(self._next_announce)
+        if self._candidates and len(self._peers) < self.config.max_peers:
+            times.append(self._next_dial)
+        for h in self._heads.values():
+            if self._wants_head(h) and not self._manifest_pending(h.release_id):
+                times.append(h.next_try)
+        if self.config.upload_rate is not None and any(p.queue for p in self._peers.values()):
+            times.append(self._up_bucket.ready_at(now=self._now))
+        if self.config.download_rate is not None and self._needs_download():
+            times.append(self._down_bucket.ready_at(now=self._now))
+        return min(times) if times else None
+
+    def validate_announcement(self, data: bytes) -> bool:
+        """The gossip validator: accept (and forward) only valid, newer announcements."""
+        try:
+            self._check_announcement(data)
+        except EdgemeshError:
+            return False
+        return True
+
+    def statistics(self) -> NodeStatistics:
+        return NodeStatistics(
+            peers=tuple(
+                PeerStats(p.id, p.penalty, p.bytes_from, p.bytes_to, p.rate_ewma)
+                for p in self._peers.values()
+            ),
+            swarms=tuple(
+                SwarmStats(s.rid, s.model, s.version, s.n, s.have_count, s.complete, s.completed_at)
+                for s in self._swarms.values()
+            ),
+            bytes_uploaded=self._stats["bytes_up"],
+            bytes_downloaded=self._stats["bytes_down"],
+            chunks_uploaded=self._stats["chunks_up"],
+            chunks_downloaded=self._stats["chunks_down"],
+            wasted_bytes=self._stats["wasted"],
+            corrupt_chunks=self._stats["corrupt"],
+            requests_timed_out=self._stats["timeouts"],
+            banned=tuple(sorted(p for p, until in self._banned.items() if until > self._now)),
+        )
+
+    def heads(self) -> tuple[Head, ...]:
+        """The newest release of each model we hold a verified manifest of."""
+        out = []
+        for model, version in sorted(self._current.items()):
+            for s in self._swarms.values():
+                if s.model == model and s.version == version:
+                    out.append(Head(model, version, s.rid))
+        return tuple(out)
+
+    def penalty(self, peer: PeerId) -> float:
+        p = self._peers.get(peer)
+        return 0.0 if p is None else p.penalty
+
+    # == helpers ======================================================================
+
+    def _emit(self, action: A.Action) -> None:
+        self._actions.append(action)
+
+    def _send(self, peer: PeerId, msg: Message) -> None:
+        self._actions.append(A.SendMessage(peer, msg))
+
+    def _timeout(self, p: _Peer) -> float:
+        c = self.config
+        if p.delivery_ewma is None:
+            return c.request_timeout_min * 2
+        return min(
+            c.request_timeout_max,
+            max(c.request_timeout_min, c.request_timeout_factor * p.delivery_ewma),
+        )
+
+    def _active(self) -> list[_Peer]:
+        return [p for p in self._peers.values() if p.hello is not None]
+
+    def _penalise(self, p: _Peer, points: float, why: str) -> None:
+        p.penalty += points
+        if p.penalty >= self.config.ban_threshold:
+            self._banned[p.id] = self._now + self.config.ban_seconds
+            self._emit(A.Notice("warning", f"peer {p.id} banned: {why}"))
+            self._emit(A.Disconnect(p.id, f"banned: {why}"))
+            self._drop_peer(p.id)
+
+    def _needs_download(self) -> bool:
+        return any(not s.complete for s in self._swarms.values() if self._is_current(s))
+
+    def _is_current(self, s: _Swarm) -> bool:
+        return self._current.get(s.model) == s.version
+
+    # == discovery and connections =====================================================
+
+    def _on_discovered(self, ev: E.PeersDiscovered) -> None:
+        known = set(self._candidates)
+        for peer in ev.peers:
+            if (
+                peer != self.node_id
+                and peer not in known
+                and len(self._candidates) < MAX_CANDIDATES
+            ):
+                self._candidates.append(peer)
+                known.add(peer)
+        self._dial()
+
+    def _dial(self) -> None:
+        self._next_dial = self._now + self.config.dial_interval
+        room = self.config.max_peers - len(self._peers) - len(self._dialing)
+        if room <= 0:
+            return
+        choices = [
+            c
+            for c in self._candidates
+            if c not in self._peers
+            and c not in self._dialing
+            and self._banned.get(c, 0.0) <= self._now
+        ]
+        self.rng.shuffle(choices)
+        for peer in choices[:room]:
+            self._dialing.add(peer)
+            self._emit(A.Connect(peer))
+
+    def _on_connected(self, ev: E.PeerConnected) -> None:
+        self._dialing.discard(ev.peer)
+        if self._banned.get(ev.peer, 0.0) > self._now:
+            self._emit(A.Disconnect(ev.peer, "banned"))
+            return
+        if ev.peer in self._peers:
+            return
+        limit = self.config.max_peers + (0 if ev.outbound else self.config.max_inbound)
+        if len(self._peers) >= limit:
+            self._emit(A.Disconnect(ev.peer, "too many peers"))
+            return
+        self._peers[ev.peer] = _Peer(ev.peer, ev.outbound, self._now)
+        self._send(ev.peer, Hello(self.config.mesh, PROTOCOL_VERSION, self.heads()))
+
+    def _on_disconnected(self, ev: E.PeerDisconnected) -> None:
+        self._dialing.discard(ev.peer)
+        self._drop_peer(ev.peer)
+
+    def _drop_peer(self, peer: PeerId) -> None:
+        p = self._peers.pop(peer, None)
+        if p is None:
+            return
+        self._uploading_total -= p.uploading
+        for rid, bits in p.have.items():
+            s = self._swarms.get(rid)
+            if s is not None:
+                self._add_avail(s, bits, -1)
+        for rid, index in list(p.inflight):
+            self._unrequest(rid, index, peer)
+        for h in self._heads.values():
+            h.sources.discard(peer)
+
+    # == messages ========================================================================
+
+    def _on_violation(self, ev: E.ProtocolViolation) -> None:
+        p = self._peers.get(ev.peer)
+        if p is not None:
+            self._penalise(p, PENALTY_PROTOCOL, f"protocol violation: {ev.reason}")
+
+    def _on_message(self, ev: E.MessageReceived) -> None:
+        p = self._peers.get(ev.peer)
+        if p is None:
+            return  # late message from a dropped peer
+        msg = ev.message
+        if p.hello is None and not isinstance(msg, Hello):
+            self._penalise(p, PENALTY_PROTOCOL, f"{type(msg).__name__} before hello")
+            return
+        try:
+            handler = _MSG_HANDLERS[type(msg)]
+            handler(self, p, msg)
+        except RemoteProtocolError as e:
+            self._penalise(p, PENALTY_PROTOCOL, str(e))
+
+    def _msg_hello(self, p: _Peer, msg: Hello) -> None:
+        if p.hello is not None:
+            raise RemoteProtocolError("second hello")
+        if msg.mesh != self.config.mesh:
+            self._send(
+                p.id, Reject(RejectCode.WRONG_MESH, detail=f"this is mesh {self.config.mesh}")
+            )
+            self._emit(A.Disconnect(p.id, f"peer is in mesh {msg.mesh!r}"))
+            self._drop_peer(p.id)
+            return
+        if msg.protocol != PROTOCOL_VERSION:
+            self._emit(A.Disconnect(p.id, f"peer speaks protocol {msg.protocol}"))
+            self._drop_peer(p.id)
+            return
+        p.hello = msg
+        for h in msg.heads:
+            self._note_head(h.model, h.version, h.release_id, p.id, verified=False)
+        for s in self._swarms.values():
+            self._send_have(p, s)
+
+    def _send_have(self, p: _Peer, s: _Swarm) -> None:
+        if self.config.super_seed and s.complete:
+            bits = p.revealed.get(s.rid, 0)
+            p.revealed[s.rid] = bits
+            self._send(p.id, Have(s.rid, s.bitfield(bits)))
+            self._reveal(p, s)
+        else:
+            self._send(p.id, Have(s.rid, s.bitfield()))
+
+    def _msg_have(self, p: _Peer, msg: Have) -> None:
+        s = self._swarms.get(msg.release_id)
+        if s is None:
+            if len(p.pending_have) < MAX_PENDING_HAVES or msg.release_id in p.pending_have:
+                p.pending_have[msg.release_id] = msg.bitfield  # parsed once the manifest is known
+                p.pending_updates.pop(msg.release_id, None)
+            return
+        bits = s.parse_bitfield(msg.bitfield)
+        self._set_have(p, s, bits)
+
+    def _set_have(self, p: _Peer, s: _Swarm, bits: int) -> None:
+        old = p.have.get(s.rid, 0)
+        self._add_avail(s, old, -1)
+        p.have[s.rid] = bits
+        self._add_avail(s, bits, +1)
+        if self.config.super_seed:
+            self._reveal(p, s)
+
+    def _add_avail(self, s: _Swarm, bits: int, delta: int) -> None:
+        avail = s.avail
+        while bits:
+            low = bits & -bits
+            avail[low.bit_length() - 1] += delta
+            bits ^= low
+
+    def _msg_have_update(self, p: _Peer, msg: HaveUpdate) -> None:
+        s = self._swarms.get(msg.release_id)
+        if s is None:
+            pending = (
+                p.pending_updates.setdefault(msg.release_id, [])
+                if (msg.release_id in p.pending_have)
+                else None
+            )
+            if pending is not None and len(pending) < MAX_UPDATE_BACKLOG:
+                pending.extend(msg.indexes)
+            return
+        bits = p.have.get(s.rid, 0)
+        new = 0
+        for i in msg.indexes:
+            if i >= s.n:
+                raise RemoteProtocolError(f"have-update index {i} past the last chunk ({s.n})")
+            if not bits >> i & 1:
+                new |= 1 << i
+        if new:
+            p.have[s.rid] = bits | new
+            self._add_avail(s, new, +1)
+            if self.config.super_seed:
+                self._reveal(p, s)
+
+    def _msg_manifest_request(self, p: _Peer, msg: ManifestRequest) -> None:
+        s = self._swarms.get(msg.release_id)
+        if s is None:
+            self._send(p.id, Reject(RejectCode.NOT_HAVE, msg.release_id))
+            return
+        self._send(p.id, ManifestResponse(s.rid, s.release.encode()))
+
+    def _msg_manifest_response(self, p: _Peer, msg: ManifestResponse) -> None:
+        sent = p.manifest_inflight.pop(msg.release_id, None)
+        if sent is None:
+            raise RemoteProtocolError("unrequested manifest")
+        if msg.release_id in self._swarms:
+            return
+        try:
+            release = SignedRelease.decode(msg.signed_release)
+        except EdgemeshError as e:
+            self._penalise(p, PENALTY_BAD_MANIFEST, f"bad manifest: {e}")
+            return
+        m = release.manifest
+        if m.release_id != msg.release_id:
+            self._penalise(
+                p,
+                PENALTY_BAD_MANIFEST,
+                f"manifest hashes to {m.release_id.short()}, not the requested "
+                f"{msg.release_id.short()}",
+            )
+            return
+        try:
+            if m.mesh != self.config.mesh:
+                raise RemoteProtocolError(f"release is for mesh {m.mesh!r}")
+            self.trust.check_release(release)
+        except EdgemeshError as e:
+            self._reject_release(m.release_id, str(e))
+            self._penalise(p, PENALTY_BAD_MANIFEST, str(e))
+            return
+        current = self._current.get(m.model)
+        if current is not None and m.version <= current:
+            return  # stale by now: a newer release arrived meanwhile
+        self._emit(A.StoreRelease(release))
+        self._emit(
+            A.Notice("info", f"release {m.describe()} verified, fetching {m.chunk_total} chunks")
+        )
+        self._add_swarm(release, ())
+
+    def _reject_release(self, rid: ReleaseId, why: str) -> None:
+        if len(self._rejected) >= MAX_REJECTED:
+            self._rejected.pop(next(iter(self._rejected)))
+        self._rejected[rid] = why
+        self._emit(A.Notice("warning", f"release {rid.short()} rejected: {why}"))
+
+    def _msg_chunk_request(self, p: _Peer, msg: ChunkRequest) -> None:
+        s = self._swarms.get(msg.release_id)
+        if s is None:
+            self._send(p.id, Reject(RejectCode.UNKNOWN_RELEASE, msg.release_id, msg.index))
+            return
+        if msg.index >= s.n:
+            raise RemoteProtocolError(f"chunk request index {msg.index} past the last chunk")
+        if not s.have >> msg.index & 1:
+            self._send(p.id, Reject(RejectCode.NOT_HAVE, msg.release_id, msg.index))
+            return
+        if self.config.super_seed and not p.revealed.get(s.rid, s.full_mask) >> msg.index & 1:
+            self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
+            return
+        if len(p.queue) >= self.config.upload_queue_per_peer:
+            self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
+            return
+        p.queue.append((msg.release_id, msg.index))
+        self._serve_uploads()
+
+    def _msg_cancel(self, p: _Peer, msg: Cancel) -> None:
+        # already being sent, or never asked: nothing to do
+        with contextlib.suppress(ValueError):
+            p.queue.remove((msg.release_id, msg.index))
+
+    def _msg_reject(self, p: _Peer, msg: Reject) -> None:
+        rid, index = msg.release_id, msg.index
+        if rid is None:
+            return
+        if index is None:
+            if p.manifest_inflight.pop(rid, None) is not None:
+                h = next((h for h in self._heads.values() if h.release_id == rid), None)
+                if h is not None:
+                    h.sources.discard(p.id)
+            return
+        if (rid, index) not in p.inflight:
+            return
+        self._unrequest(rid, index, p.id)
+        s = self._swarms.get(rid)
+        if s is None:
+            return
+        if msg.code == RejectCode.NOT_HAVE and p.has(rid, index):
+            # it advertised the chunk and now denies it: a lie (or it lost the chunk)
+            p.have[rid] &= ~(1 << index)
+            s.avail[index] -= 1
+            self._penalise(p, PENALTY_LIE, f"advertised chunk {index} it does not have")
+
+    def _msg_chunk_data(self, p: _Peer, msg: ChunkData) -> None:
+        s = self._swarms.get(msg.release_id)
+        if s is None or msg.index >= s.n:
+            raise RemoteProtocolError("chunk data for an unknown release or index")
+        key = (msg.release_id, msg.index)
+        sent = p.inflight.get(key)
+        size = len(msg.payload)
+        p.bytes_from += size
+        self._stats["bytes_down"] += size
+        if sent is not None:
+            self._unrequest(msg.release_id, msg.index, p.id)
+            elapsed = max(self._now - sent, 1e-6)
+            p.delivery_ewma = (
+                elapsed if p.delivery_ewma is None else (0.7 * p.delivery_ewma + 0.3 * elapsed)
+            )
+            p.rate_ewma = 0.7 * p.rate_ewma + 0.3 * (size / elapsed)
+        bit = 1 << msg.index
+        if (s.have | s.storing_mask) & bit:
+            self._stats["wasted"] += size
+            return
+        if sent is None and not self._is_current(s):
+            self._stats["wasted"] += size
+            return
+        # endgame: somebody else may be sending the same chunk -- cancel them
+        for other in list(s.requested.get(msg.index, {})):
+            if other != p.id:
+                self._send(other, Cancel(msg.release_id, msg.index))
+                self._unrequest(msg.release_id, msg.index, other)
+        s.storing_mask |= bit
+        self._emit(
+            A.StoreChunk(p.id, msg.release_id, msg.index, s.chunk_ids[msg.index], msg.payload)
+        )
+
+    # == local events ====================================================================
+
+    def _on_local_release(self, ev: E.LocalRelease) -> None:
+        m = ev.release.manifest
+        if m.release_id in self._swarms:
+            return
+        if m.mesh != self.config.mesh:
+            raise LocalProtocolError(f"release {m.describe()} belongs to mesh {m.mesh!r}")
+        s = self._add_swarm(ev.release, ev.present)
+        if s.complete and ev.announcement:
+            self._announcements.append(ev.announcement)
+            self._emit(A.Gossip(ev.announcement))
+            self._next_announce = self._now + self.config.reannounce_interval
+
+    def _add_swarm(self, release: SignedRelease, present: Iterable[int]) -> _Swarm:
+        s = _Swarm(release)
+        for i in present:
+            if 0 <= i < s.n and not s.have >> i & 1:
+                s.have |= 1 << i
+                s.have_count += 1
+        self._swarms[s.rid] = s
+        m = release.manifest
+        if m.version > self._current.get(m.model, 0):
+            self._current[m.model] = m.version
+        if s.complete:
+            s.completed_at = self._now
+        # have-sets that arrived before the manifest
+        for p in list(self._peers.values()):
+            raw = p.pending_have.pop(s.rid, None)
+            updates = p.pending_updates.pop(s.rid, [])
+            if raw is None:
+                continue
+            try:
+                bits = s.parse_bitfield(raw)
+                for i in updates:
+                    if i >= s.n:
+                        raise RemoteProtocolError(f"have-update index {i} past the last chunk")
+                    bits |= 1 << i
+            except RemoteProtocolError as e:
+                self._penalise(p, PENALTY_PROTOCOL, str(e))
+                continue
+            self._set_have(p, s, bits)
+        for p in list(self._peers.values()):
+            if p.hello is not None:
+                self._send_have(p, s)
+        head = self._heads.get(m.model)
+        if head is not None and head.version <= m.version:
+            del self._heads[m.model]
+        return s
+
+    def _on_chunk_stored(self, ev: E.ChunkStored) -> None:
+        s = self._swarms.get(ev.release_id)
+        if s is None:
+            return
+        bit = 1 << ev.index
+        s.storing_mask &= ~bit
+        p = self._peers.get(ev.peer)
+        if not ev.ok:
+            self._stats["corrupt"] += 1
+            self._stats["wasted"] += s.lengths[ev.index]
+            if p is not None:
+                if p.has(s.rid, ev.index):
+                    p.have[s.rid] &= ~bit
+                    s.avail[ev.index] -= 1
+                self._penalise(
+                    p,
+                    PENALTY_CORRUPT,
+                    f"sent corrupt chunk {ev.index} of {s.release.manifest.describe()}"
+                    f"{': ' + ev.reason if ev.reason else ''}",
+                )
+            return
+        if s.have & bit:
+            return
+        s.have |= bit
+        s.have_count += 1
+        self._stats["chunks_down"] += 1
+        s.pending_updates.append(ev.index)
+        if self._have_flush_at is None:
+            self._have_flush_at = self._now + self.config.have_interval
+            if self.config.have_interval <= 0:
+                self._flush_have_updates()
+        if s.complete:
+            s.completed_at = self._now
+            self._flush_have_updates()
+            m = s.release.manifest
+            self._emit(
+                A.Notice("info", f"release {m.describe()} complete: all {s.n} chunks verified")
+            )
+            self._emit(A.ReleaseComplete(s.rid, m.model, m.version))
+
+    def _on_chunk_sent(self, ev: E.ChunkSent) -> None:
+        p = self._peers.get(ev.peer)
+        s = self._swarms.get(ev.release_id)
+        if p is not None and p.uploading > 0:
+            p.uploading -= 1
+            self._uploading_total -= 1
+            size = s.lengths[ev.index] if s is not None and ev.index < s.n else 0
+            p.bytes_to += size
+        elif p is None:
+            # peer dropped mid-transfer; its slot was already released in _drop_peer
+            return
+        if s is not None and ev.index < s.n:
+            self._stats["bytes_up"] += s.lengths[ev.index]
+            self._stats["chunks_up"] += 1
+        self._serve_uploads()
+
+    def _on_chunk_unavailable(self, ev: E.ChunkUnavailable) -> None:
+        p = self._peers.get(ev.peer)
+        if p is not None and p.uploading > 0:
+            p.uploading -= 1
+            self._uploading_total -= 1
+            self._send(p.id, Reject(RejectCode.NOT_HAVE, ev.release_id, ev.index))
+        s = self._swarms.get(ev.release_id)
+        if s is not None and s.have >> ev.index & 1:
+            s.have &= ~(1 << ev.index)
+            s.have_count -= 1
+            self._emit(
+                A.Notice(
+                    "error",
+                    f"chunk {ev.index} of {s.release.manifest.describe()} "
+                    f"lost from the store: {ev.reason}; re-fetching",
+                )
+            )
+        self._serve_uploads()
+
+    def _on_announcement(self, ev: E.AnnouncementReceived) -> None:
+        try:
+            ann = self._check_announcement(ev.data)
+        except EdgemeshError:
+            return
+        sources = {ev.source} if ev.source is not None and ev.source in self._peers else set()
+        self._note_head(ann.model, ann.version, ann.release_id, None, verified=True)
+        h = self._heads.get(ann.model)
+        if h is not None and h.release_id == ann.release_id:
+            h.sources |= sources
+        self._emit(
+            A.Notice("info", f"announced: {ann.model} v{ann.version} ({ann.release_id.short()})")
+        )
+
+    def _check_announcement(self, data: bytes) -> Announcement:
+        ann = Announcement.decode(data)
+        known = self._current.get(ann.model)
+        h = self._heads.get(ann.model)
+        if h is not None and h.verified:
+            known = max(known or 0, h.version)
+        if ann.release_id in self._rejected:
+            raise RemoteProtocolError("release was rejected before")
+        ann.check(mesh=self.config.mesh, trust=self.trust, current_version=known)
+        return ann
+
+    # == manifests ========================================================================
+
+    def _note_head(
+        self, model: str, version: int, rid: ReleaseId, source: PeerId | None, *, verified: bool
+    ) -> None:
+        if rid in self._rejected or version <= self._current.get(model, 0):
+            return
+        h = self._heads.get(model)
+        if (
+            h is None
+            or version > h.version
+            or (version == h.version and verified and not h.verified)
+        ):
+            if h is None and len(self._heads) >= MAX_HEADS:
+                return
+            h = _HeadInfo(version, rid, set(), verified)
+            self._heads[model] = h
+        if h.release_id == rid and source is not None:
+            h.sources.add(source)
+        self._retry_heads()
+
+    def _wants_head(self, h: _HeadInfo) -> bool:
+        return h.release_id not in self._swarms and h.release_id not in self._rejected
+
+    def _manifest_pending(self, rid: ReleaseId) -> bool:
+        return any(rid in p.manifest_inflight for p in self._peers.values())
+
+    def _retry_heads(self) -> None:
+        for h in list(self._heads.values()):
+            if not self._wants_head(h) or self._manifest_pending(h.release_id):
+                continue
+            if h.next_try > self._now:
+                continue
+            candidates = [s for s in h.sources if s in self._peers and s not in h.tried]
+            if not candidates:
+                candidates = [p.id for p in self._active() if p.id not in h.tried]
+            if not candidates:
+                h.tried.clear()
+                h.next_try = self._now + self.config.manifest_timeout / 2
+                continue
+            peer = self.rng.choice(sorted(candidates))
+            h.tried.add(peer)
+            self._peers[peer].manifest_inflight[h.release_id] = self._now
+            self._send(peer, ManifestRequest(h.release_id))
+
+    # == scheduling ==========================================================================
+
+    def _unrequest(self, rid: ReleaseId, index: int, peer: PeerId) -> None:
+        p = self._peers.get(peer)
+        if p is not None:
+            p.inflight.pop((rid, index), None)
+        s = self._swarms.get(rid)
+        if s is None:
+            return
+        holders = s.requested.get(index)
+        if holders is not None:
+            holders.pop(peer, None)
+            if not holders:
+                del s.requested[index]
+                s.requested_mask &= ~(1 << index)
+
+    def _expire_requests(self) -> None:
+        for p in list(self._peers.values()):
+            limit = self._timeout(p)
+            for (rid, index), sent in list(p.inflight.items()):
+                if self._now >= sent + limit:
+                    self._stats["timeouts"] += 1
+                    self._unrequest(rid, index, p.id)
+                    self._send(p.id, Cancel(rid, index))
+                    # a slow or lossy peer: expect longer next time
+                    p.delivery_ewma = (
+                        limit
+                        if p.delivery_ewma is None
+                        else max(p.delivery_ewma, limit / self.config.request_timeout_factor)
+                    )
+            for rid, sent in list(p.manifest_inflight.items()):
+                if self._now >= sent + self.config.manifest_timeout:
+                    del p.manifest_inflight[rid]
+
+    def _schedule(self) -> None:
+        swarms = [s for s in self._swarms.values() if not s.complete and self._is_current(s)]
+        if not swarms:
+            return
+        total = sum(len(p.inflight) for p in self._peers.values())
+        c = self.config
+        if total >= c.max_requests:
+            return
+        peers = [
+            p
+            for p in self._peers.values()
+            if p.hello is not None and len(p.inflight) < c.per_peer_requests
+        ]
+        if not peers:
+            return
+        self.rng.shuffle(peers)
+        peers.sort(key=lambda p: (len(p.inflight), -p.rate_ewma))
+        for s in swarms:
+            missing = s.full_mask & ~s.have & ~s.storing_mask
+            if not missing:
+                continue
+            endgame = (s.n - s.have_count) <= c.endgame_chunks
+            progress = True
+            while progress and total < c.max_requests:
+                progress = False
+                for p in peers:
+                    if total >= c.max_requests:
+                        break
+                    if len(p.inflight) >= c.per_peer_requests:
+                        continue
+                    if c.download_rate is not None and not self._down_bucket.ready(now=self._now):
+                        return
+                    theirs = p.have.get(s.rid, 0) & missing
+                    if not theirs:
+                        continue
+                    cand = theirs & ~s.requested_mask
+                    if not cand and endgame:
+                        cand = theirs & ~self._requested_from(s, p.id)
+                    if not cand:
+                        continue
+                    index = self._rarest(s, cand)
+                    self._request(p, s, index)
+                    total += 1
+                    progress = True
+
+    def _requested_from(self, s: _Swarm, peer: PeerId) -> int:
+        mask = 0
+        for index, holders in s.requested.items():
+            if peer in holders or len(holders) >= 2:
+                mask |= 1 << index
+        return mask
+
+    def _rarest(self, s: _Swarm, cand: int) -> int:
+        avail = s.avail
+        best = -1
+        best_count = 1 << 30
+        ties = 0
+        while cand:
+            low = cand & -cand
+            i = low.bit_length() - 1
+            cand ^= low
+            a = avail[i]
+            if a < best_count:
+                best, best_count, ties = i, a, 1
+            elif a == best_count:
+                ties += 1
+                if self.rng.random() * ties < 1.0:
+                    best = i
+        return best
+
+    def _request(self, p: _Peer, s: _Swarm, index: int) -> None:
+        p.inflight[(s.rid, index)] = self._now
+        s.requested.setdefault(index, {})[p.id] = self._now
+        s.requested_mask |= 1 << index
+        if self.config.download_rate is not None:
+            self._down_bucket.take(s.lengths[index], now=self._now)
+        self._send(p.id, ChunkRequest(s.rid, index))
+
+    # == uploads ================================================================================
+
+    def _serve_uploads(self) -> None:
+        c = self.config
+        while self._uploading_total < c.upload_slots:
+            if c.upload_rate is not None and not self._up_bucket.ready(now=self._now):
+                return
+            waiting = [p for p in self._peers.values() if p.queue]
+            if not waiting:
+                return
+            # round robin by least recently served: the peer we are sending least to
+            p = min(waiting, key=lambda q: (q.uploading, q.bytes_to))
+            rid, index = p.queue.popleft()
+            s = self._swarms.get(rid)
+            if s is None or not s.have >> index & 1:
+                self._send(p.id, Reject(RejectCode.NOT_HAVE, rid, index))
+                continue
+            p.uploading += 1
+            self._uploading_total += 1
+            self._up_bucket.take(s.lengths[index], now=self._now)
+            self._emit(A.SendChunk(p.id, rid, index, s.chunk_ids[index], s.lengths[index]))
+
+    # == have updates and super-seeding ========================================================
+
+    def _flush_have_updates(self) -> None:
+        self._have_flush_at = None
+        for s in self._swarms.values():
+            if not s.pending_updates:
+                continue
+            updates = tuple(s.pending_updates)
+            s.pending_updates = []
+            for p in self._peers.values():
+                if p.hello is None:
+                    continue
+                if self.config.super_seed and s.complete:
+                    continue  # a super-seed reveals chunks one by one instead
+                for start in range(0, len(updates), 4096):
+                    self._send(p.id, HaveUpdate(s.rid, updates[start : start + 4096]))
+
+    def _reveal(self, p: _Peer, s: _Swarm) -> None:
+        """Super-seeding: keep ``per_peer_requests`` unobtained chunks revealed to ``p``."""
+        if not s.complete or p.hello is None:
+            return
+        revealed = p.revealed.get(s.rid, 0)
+        theirs = p.have.get(s.rid, 0)
+        outstanding = revealed & ~theirs
+        want = self.config.per_peer_requests - outstanding.bit_count()
+        new: list[int] = []
+        while want > 0:
+            cand = s.full_mask & ~theirs & ~revealed
+            best = -1
+            best_key: tuple[int, int] | None = None
+            bits = cand
+            while bits:
+                low = bits & -bits
+                i = low.bit_length() - 1
+                bits ^= low
+                key = (s.given[i], s.avail[i])
+                if best_key is None or key < best_key:
+                    best, best_key = i, key
+                    if key == (0, 0):
+                        break
+            if best < 0 or best_key is None:
+                break
+            if best_key[0] > 0 and best_key[1] > 0:
+                break  # every chunk is out there: peers serve each other now
+            s.given[best] += 1
+            revealed |= 1 << best
+            new.append(best)
+            want -= 1
+        p.revealed[s.rid] = revealed
+        if new:
+            self._send(p.id, HaveUpdate(s.rid, tuple(new)))
+
+
+_HANDLERS: dict[type[E.Event], Any] = {
+    E.PeersDiscovered: MeshNode._on_discovered,
+    E.PeerConnected: MeshNode._on_connected,
+    E.PeerDisconnected: MeshNode._on_disconnected,
+    E.MessageReceived: MeshNode._on_message,
+    E.ProtocolViolation: MeshNode._on_violation,
+    E.AnnouncementReceived: MeshNode._on_announcement,
+    E.LocalRelease: MeshNode._on_local_release,
+    E.ChunkStored: MeshNode._on_chunk_stored,
+    E.ChunkSent: MeshNode._on_chunk_sent,
+    E.ChunkUnavailable: MeshNode._on_chunk_unavailable,
+}
+
+_MSG_HANDLERS: dict[type[Message], Any] = {
+    Hello: MeshNode._msg_hello,
+    Have: MeshNode._msg_have,
+    HaveUpdate: MeshNode._msg_have_update,
+    ManifestRequest: MeshNode._msg_manifest_request,
+    ManifestResponse: MeshNode._msg_manifest_response,
+    ChunkRequest: MeshNode._msg_chunk_request,
+    ChunkData: MeshNode._msg_chunk_data,
+    Cancel: MeshNode._msg_cancel,
+    Reject: MeshNode._msg_reject,
+}

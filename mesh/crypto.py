@@ -17,6 +17,7 @@ Non-goals: passphrase-protected keys, hardware tokens.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mesh.errors import KeyFileError
 from mesh.ids import KeyId
 
-_ALGO = ec.ECDSA(hashes.SHA256())
+#: RFC 6979 deterministic nonces: no dependence on the device's RNG at signing time
+#: (a repeated nonce leaks the private key), and reproducible signatures.
+_ALGO = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 PUB_SUFFIX = ".pub"
 MAX_KEY_FILE = 64 * 1024  # a PEM key is < 1 KiB; refuse to read anything huge
 
@@ -67,14 +70,17 @@ class PublicKey:
 
     @classmethod
     def from_pem(cls, data: bytes, source: str = "public key") -> PublicKey:
+        private_error: KeyFileError | None = None
         if b"PRIVATE KEY" in data:
             try:
                 return PrivateKey.from_pem(data, source).public_key
-            except KeyFileError:
-                pass
+            except KeyFileError as e:
+                private_error = e
         try:
             key = serialization.load_pem_public_key(data)
         except (ValueError, TypeError, UnsupportedAlgorithm):
+            if private_error is not None:  # say why the private key was refused
+                raise private_error from None
             raise KeyFileError(
                 f"{source} is not a PEM public key (expected a .pub file from 'edgemesh keygen')"
             ) from None
@@ -99,6 +105,13 @@ class PrivateKey:
     @classmethod
     def generate(cls) -> PrivateKey:
         return cls(ec.generate_private_key(ec.SECP256R1()))
+
+    @classmethod
+    def derive(cls, secret: bytes) -> PrivateKey:
+        """A key derived from ``secret`` (for simulations and tests that must replay)."""
+        n = int.from_bytes(hashlib.sha512(b"edgemesh/derive/v1\0" + secret).digest(), "big")
+        order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+        return cls(ec.derive_private_key(n % (order - 1) + 1, ec.SECP256R1()))
 
     @property
     def key_id(self) -> KeyId:
@@ -172,7 +185,10 @@ def _read_key_file(path: Path) -> bytes:
 
 def _write_exclusive(path: Path, data: bytes, mode: int, *, force: bool) -> None:
     """Write via a temp file + fsync + rename; ``O_EXCL`` on the target unless ``force``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KeyFileError(f"cannot create the directory for {path}: {e.strerror}") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -41,6 +41,8 @@ class _Digest:
     @classmethod
     def from_hex(cls, text: str) -> Self:
         """Parse the full 64-digit hex form."""
+        if not isinstance(text, str):
+            raise RemoteProtocolError(f"{cls.kind} must be a hex string, got {type(text).__name__}")
         if len(text) != 2 * DIGEST_SIZE:
             raise RemoteProtocolError(f"{cls.kind} must be {2 * DIGEST_SIZE} hex digits: {text!r}")
         try:

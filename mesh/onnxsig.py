@@ -92,7 +92,10 @@ class _Reader:
                 raise ModelFormatError(f"{self.what}: a field of {n} bytes runs past the end")
             return num, wt, n
         if wt in (_I64, _I32):
-            return num, wt, 8 if wt == _I64 else 4
+            n = 8 if wt == _I64 else 4
+            if self.f.tell() + n > self.end:
+                raise ModelFormatError(f"{self.what}: a field of {n} bytes runs past the end")
+            return num, wt, n
         raise ModelFormatError(f"{self.what}: unsupported protobuf wire type {wt}")
 
     def skip(self, wt: int, value: int) -> None:

@@ -334,6 +334,9 @@ class Manifest:
         paths = [f.path for f in self.files]
         if len(set(paths)) != len(paths):
             raise ManifestError("file paths repeat")
+        dirs = {p[:i] for p in paths for i, c in enumerate(p) if c == "/"}
+        if clash := sorted(dirs.intersection(paths)):
+            raise ManifestError(f"file path {clash[0]!r} is also a directory of another file")
         for f in self.files:
             _int(f.size, f"size of {f.path!r}", 0, 2**50)
             want = chunk_count(f.size, self.chunk_size)

@@ -270,6 +270,7 @@ class BaseStore(ABC):
         self._release_write(rid, release.encode())
         with self._lock:
             self._releases[rid] = release
+            self._damaged.pop(rid.hex(), None)  # a damaged file by that name was replaced
         return rid
 
     def _loaded_release(self, name: str, data: bytes) -> None:

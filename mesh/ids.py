@@ -22,7 +22,7 @@ SHORT_HEX = 12  # 48 bits: collisions among the releases of one mesh are not a p
 class _Digest:
     """A SHA-256 digest used as a name."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_hash", "_raw")
     kind: ClassVar[str] = "digest"
 
     def __init__(self, raw: bytes) -> None:
@@ -31,6 +31,7 @@ class _Digest:
                 f"{self.kind} must be {DIGEST_SIZE} bytes, got {type(raw).__name__} "
                 f"of length {len(raw) if isinstance(raw, bytes | bytearray) else '?'}"
             )
+        self._hash = hash(raw)
         self._raw = raw
 
     @classmethod
@@ -70,7 +71,7 @@ class _Digest:
         return type(other) is type(self) and other._raw == self._raw
 
     def __hash__(self) -> int:
-        return hash(self._raw)
+        return self._hash
 
     def __lt__(self, other: Self) -> bool:
         return self._raw < other._raw

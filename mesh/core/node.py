@@ -91,18 +91,30 @@ class NodeConfig:
     super_seed: bool = False
     #: Peers to keep connections with: enough for rarest-first to see the swarm,
     #: few enough that have-updates stay cheap (BitTorrent uses 30-80).
-    max_peers: int = 24
+    max_peers: int = 12
     #: Inbound connections accepted beyond max_peers (others must be able to join us).
-    max_inbound: int = 48
+    max_inbound: int = 24
     #: Requests in flight to one peer: two keep its uplink busy across a round trip.
-    per_peer_requests: int = 2
+    per_peer_requests: int = 1
     #: Requests in flight in total: few concurrent downloads finish each chunk sooner,
     #: and a chunk can only be served onwards once complete.
     max_requests: int = 4
+    #: Extra requests allowed beyond max_requests for a chunk only one peer has (a
+    #: super-seed's reveal): fetching it at once keeps the seed's uplink busy.
+    rare_requests: int = 2
+    #: After a BUSY answer, leave that peer alone this long (seconds).
+    busy_backoff: float = 0.1
+    #: A super-seed reveals more to a peer whose have-set has not grown this long
+    #: (it cannot get the missing chunks elsewhere: star topology, lying peers).
+    stall_seconds: float = 3.0
+    #: Chunks a super-seed keeps revealed to each peer.
+    reveal_per_peer: int = 2
     #: Chunks served at once; more split the uplink and delay every chunk.
-    upload_slots: int = 2
-    #: Queued requests per peer beyond which we answer BUSY (they ask elsewhere).
+    upload_slots: int = 4
+    #: Queued requests per peer, and in total, beyond which we answer BUSY: a
+    #: requester then asks another holder instead of waiting behind a long queue.
     upload_queue_per_peer: int = 4
+    upload_queue_total: int = 2
     #: Batch have-updates this long: fewer messages, slightly later availability.
     have_interval: float = 0.02
     #: Request timeout: max(min, factor x this peer's typical delivery time).
@@ -162,17 +174,20 @@ class _Swarm:
         "chunk_ids",
         "completed_at",
         "full_mask",
-        "given",
         "have",
         "have_count",
         "lengths",
         "n",
         "pending_updates",
+        "rare_mask",
+        "rare_snapshot",
         "release",
         "requested",
         "requested_mask",
+        "reveal_pending",
         "rid",
         "storing_mask",
+        "ungiven",
     )
 
     def __init__(self, release: SignedRelease) -> None:
@@ -187,11 +202,16 @@ class _Swarm:
         self.have_count = 0
         self.full_mask = (1 << self.n) - 1
         self.avail = [0] * self.n
+        self.rare_mask = 0  # chunks exactly one connected peer has
+        self.rare_snapshot: tuple[int, int, int, int] | None = None
         self.requested: dict[int, dict[PeerId, float]] = {}
         self.requested_mask = 0
         self.storing_mask = 0
         self.pending_updates: list[int] = []
-        self.given = [0] * self.n  # super-seeding: times revealed to some peer
+        # super-seeding: chunks never revealed to anyone, and per chunk the number of
+        # connected peers it is revealed to that do not have it yet
+        self.ungiven = self.full_mask
+        self.reveal_pending = [0] * self.n
         self.completed_at: float | None = None
 
     @property
@@ -257,6 +277,8 @@ class _Peer:
     delivery_ewma: float | None = None  # seconds from request to verified data
     rate_ewma: float = 0.0  # bytes/s delivered to us
     manifest_inflight: dict[ReleaseId, float] = field(default_factory=dict)
+    busy_until: float = 0.0  # it answered BUSY: do not ask it again before this
+    last_progress: float = 0.0  # when its have-set last grew (super-seeding stall check)
 
     def has(self, rid: ReleaseId, index: int) -> bool:
         return bool(self.have.get(rid, 0) >> index & 1)
@@ -293,6 +315,11 @@ class MeshNode:
         self._swarms: dict[ReleaseId, _Swarm] = {}
         self._current: dict[str, int] = {}  # model -> newest version we hold a manifest of
         self._heads: dict[str, _HeadInfo] = {}
+        # releases peers say they have (a Have for a release we do not know): fetching
+        # the manifest tells us whether it is newer and trusted.  Late joiners and
+        # nodes that missed the gossip catch up this way.
+        self._hints: dict[ReleaseId, _HeadInfo] = {}
+        self._stale: dict[ReleaseId, None] = {}  # fetched, valid, but not newer: ignore
         self._rejected: dict[ReleaseId, str] = {}
         self._banned: dict[PeerId, float] = {}
         self._candidates: list[PeerId] = []
@@ -300,10 +327,14 @@ class MeshNode:
         self._announcements: list[bytes] = []
         self._next_announce = now + config.reannounce_interval
         self._next_dial = now
+        self._next_stall_check = now + config.stall_seconds
         self._have_flush_at: float | None = None
         self._up_bucket = TokenBucket(config.upload_rate, 4 * 1024 * 1024, now=now)
         self._down_bucket = TokenBucket(config.download_rate, 4 * 1024 * 1024, now=now)
         self._uploading_total = 0
+        self._requests: dict[tuple[ReleaseId, int, PeerId], float] = {}  # chunk requests out
+        self._backoff_peers: set[PeerId] = set()  # peers that said BUSY recently
+        self._backoff_epoch = 0  # bumped whenever a peer starts backing off
         self._stats = {
             "bytes_up": 0,
             "bytes_down": 0,
@@ -341,31 +372,66 @@ class MeshNode:
             self._next_announce = now + self.config.reannounce_interval
         if now >= self._next_dial:
             self._dial()
+        if self.config.super_seed and now >= self._next_stall_check:
+            self._stall_check()
         self._retry_heads()
         self._schedule()
         self._serve_uploads()
 
     def next_deadline(self) -> float | None:
         times: list[float] = []
-        for p in self._peers.values():
-            for (_, _), sent in p.inflight.items():
-                times.append(sent + self._timeout(p))
+        peers = self._peers
+        for (_, _, peer), sent in self._requests.items():
+            times.append(sent + self._timeout(peers[peer]))
+        for p in self._manifest_waits():
             for sent in p.manifest_inflight.values():
                 times.append(sent + self.config.manifest_timeout)
+        for p in self._backoffs():
+            times.append(p.busy_until)
         if self._have_flush_at is not None:
             times.append(self._have_flush_at)
+        for s in self._swarms.values():
+            if s.n - s.have_count <= self.config.endgame_chunks and not s.complete:
+                for holders in s.requested.values():
+                    if len(holders) == 1:
+                        ((peer, t),) = holders.items()
+                        due = t + self._endgame_delay(peer)
+                        if due > self._now:  # once due, the scheduler acts on events
+                            times.append(due)
         if self._announcements:
             times.append(self._next_announce)
         if self._candidates and len(self._peers) < self.config.max_peers:
             times.append(self._next_dial)
-        for h in self._heads.values():
-            if self._wants_head(h) and not self._manifest_pending(h.release_id):
-                times.append(h.next_try)
+        if self.config.super_seed and self._peers:
+            times.append(self._next_stall_check)
+        if self._heads or self._hints:
+            for h in self._wanted():
+                if not self._manifest_pending(h.release_id):
+                    times.append(h.next_try)
         if self.config.upload_rate is not None and any(p.queue for p in self._peers.values()):
             times.append(self._up_bucket.ready_at(now=self._now))
         if self.config.download_rate is not None and self._needs_download():
             times.append(self._down_bucket.ready_at(now=self._now))
         return min(times) if times else None
+
+    def _manifest_waits(self) -> list[_Peer]:
+        if not (self._heads or self._hints):
+            return []  # requests only go out for wanted heads; stale ones are harmless
+        return [p for p in self._peers.values() if p.manifest_inflight]
+
+    def _backoffs(self) -> list[_Peer]:
+        if not self._backoff_peers:
+            return []
+        now = self._now
+        live = [
+            p
+            for pid in self._backoff_peers
+            if (p := self._peers.get(pid)) is not None and p.busy_until > now
+        ]
+        if len(live) < len(self._backoff_peers):
+            self._backoff_epoch += 1  # a backoff ended: peers may be asked again
+        self._backoff_peers = {p.id for p in live}
+        return live
 
     def validate_announcement(self, data: bytes) -> bool:
         """The gossip validator: accept (and forward) only valid, newer announcements."""
@@ -484,7 +550,7 @@ class MeshNode:
         if len(self._peers) >= limit:
             self._emit(A.Disconnect(ev.peer, "too many peers"))
             return
-        self._peers[ev.peer] = _Peer(ev.peer, ev.outbound, self._now)
+        self._peers[ev.peer] = _Peer(ev.peer, ev.outbound, self._now, last_progress=self._now)
         self._send(ev.peer, Hello(self.config.mesh, PROTOCOL_VERSION, self.heads()))
 
     def _on_disconnected(self, ev: E.PeerDisconnected) -> None:
@@ -500,9 +566,13 @@ class MeshNode:
             s = self._swarms.get(rid)
             if s is not None:
                 self._add_avail(s, bits, -1)
+        for rid, shown in p.revealed.items():
+            s = self._swarms.get(rid)
+            if s is not None:
+                self._reveal_settled(p, s, shown & ~p.have.get(rid, 0))
         for rid, index in list(p.inflight):
             self._unrequest(rid, index, peer)
-        for h in self._heads.values():
+        for h in self._wanted():
             h.sources.discard(peer)
 
     # == messages ========================================================================
@@ -558,27 +628,45 @@ class MeshNode:
     def _msg_have(self, p: _Peer, msg: Have) -> None:
         s = self._swarms.get(msg.release_id)
         if s is None:
-            if len(p.pending_have) < MAX_PENDING_HAVES or msg.release_id in p.pending_have:
-                p.pending_have[msg.release_id] = msg.bitfield  # parsed once the manifest is known
-                p.pending_updates.pop(msg.release_id, None)
+            rid = msg.release_id
+            if len(p.pending_have) < MAX_PENDING_HAVES or rid in p.pending_have:
+                p.pending_have[rid] = msg.bitfield  # parsed once the manifest is known
+                p.pending_updates.pop(rid, None)
+            if rid not in self._rejected and rid not in self._stale:
+                hint = self._hints.get(rid)
+                if hint is None and len(self._hints) < MAX_HEADS:
+                    hint = self._hints[rid] = _HeadInfo(0, rid, set(), False)
+                if hint is not None:
+                    hint.sources.add(p.id)
+                    self._retry_heads()
             return
         bits = s.parse_bitfield(msg.bitfield)
         self._set_have(p, s, bits)
 
     def _set_have(self, p: _Peer, s: _Swarm, bits: int) -> None:
         old = p.have.get(s.rid, 0)
+        if self.config.super_seed:
+            self._reveal_settled(p, s, bits & ~old)
         self._add_avail(s, old, -1)
         p.have[s.rid] = bits
+        p.last_progress = self._now
         self._add_avail(s, bits, +1)
         if self.config.super_seed:
             self._reveal(p, s)
 
     def _add_avail(self, s: _Swarm, bits: int, delta: int) -> None:
         avail = s.avail
+        rare = s.rare_mask
         while bits:
             low = bits & -bits
-            avail[low.bit_length() - 1] += delta
+            i = low.bit_length() - 1
+            a = avail[i] = avail[i] + delta
+            if a == 1:
+                rare |= low
+            else:
+                rare &= ~low
             bits ^= low
+        s.rare_mask = rare
 
     def _msg_have_update(self, p: _Peer, msg: HaveUpdate) -> None:
         s = self._swarms.get(msg.release_id)
@@ -600,8 +688,10 @@ class MeshNode:
                 new |= 1 << i
         if new:
             p.have[s.rid] = bits | new
+            p.last_progress = self._now
             self._add_avail(s, new, +1)
             if self.config.super_seed:
+                self._reveal_settled(p, s, new)
                 self._reveal(p, s)
 
     def _msg_manifest_request(self, p: _Peer, msg: ManifestRequest) -> None:
@@ -639,9 +729,14 @@ class MeshNode:
             self._reject_release(m.release_id, str(e))
             self._penalise(p, PENALTY_BAD_MANIFEST, str(e))
             return
+        self._hints.pop(m.release_id, None)
         current = self._current.get(m.model)
         if current is not None and m.version <= current:
-            return  # stale by now: a newer release arrived meanwhile
+            # not newer than what we hold: remember, so hints do not fetch it again
+            if len(self._stale) >= MAX_REJECTED:
+                self._stale.pop(next(iter(self._stale)))
+            self._stale[m.release_id] = None
+            return
         self._emit(A.StoreRelease(release))
         self._emit(
             A.Notice("info", f"release {m.describe()} verified, fetching {m.chunk_total} chunks")
@@ -652,6 +747,7 @@ class MeshNode:
         if len(self._rejected) >= MAX_REJECTED:
             self._rejected.pop(next(iter(self._rejected)))
         self._rejected[rid] = why
+        self._hints.pop(rid, None)
         self._emit(A.Notice("warning", f"release {rid.short()} rejected: {why}"))
 
     def _msg_chunk_request(self, p: _Peer, msg: ChunkRequest) -> None:
@@ -667,7 +763,11 @@ class MeshNode:
         if self.config.super_seed and not p.revealed.get(s.rid, s.full_mask) >> msg.index & 1:
             self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
             return
-        if len(p.queue) >= self.config.upload_queue_per_peer:
+        queued = sum(len(q.queue) for q in self._peers.values())
+        if (
+            len(p.queue) >= self.config.upload_queue_per_peer
+            or queued >= self.config.upload_queue_total
+        ):
             self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
             return
         p.queue.append((msg.release_id, msg.index))
@@ -684,9 +784,9 @@ class MeshNode:
             return
         if index is None:
             if p.manifest_inflight.pop(rid, None) is not None:
-                h = next((h for h in self._heads.values() if h.release_id == rid), None)
-                if h is not None:
-                    h.sources.discard(p.id)
+                for h in self._wanted():
+                    if h.release_id == rid:
+                        h.sources.discard(p.id)
             return
         if (rid, index) not in p.inflight:
             return
@@ -694,10 +794,16 @@ class MeshNode:
         s = self._swarms.get(rid)
         if s is None:
             return
+        if msg.code == RejectCode.BUSY:
+            # back off from this peer for about one chunk time, then ask again
+            wait = self.config.busy_backoff
+            p.busy_until = self._now + wait
+            self._backoff_peers.add(p.id)
+            self._backoff_epoch += 1
         if msg.code == RejectCode.NOT_HAVE and p.has(rid, index):
             # it advertised the chunk and now denies it: a lie (or it lost the chunk)
             p.have[rid] &= ~(1 << index)
-            s.avail[index] -= 1
+            self._add_avail(s, 1 << index, -1)
             self._penalise(p, PENALTY_LIE, f"advertised chunk {index} it does not have")
 
     def _msg_chunk_data(self, p: _Peer, msg: ChunkData) -> None:
@@ -781,6 +887,7 @@ class MeshNode:
         head = self._heads.get(m.model)
         if head is not None and head.version <= m.version:
             del self._heads[m.model]
+        self._hints.pop(s.rid, None)
         return s
 
     def _on_chunk_stored(self, ev: E.ChunkStored) -> None:
@@ -796,7 +903,7 @@ class MeshNode:
             if p is not None:
                 if p.has(s.rid, ev.index):
                     p.have[s.rid] &= ~bit
-                    s.avail[ev.index] -= 1
+                    self._add_avail(s, bit, -1)
                 self._penalise(
                     p,
                     PENALTY_CORRUPT,
@@ -849,6 +956,7 @@ class MeshNode:
         if s is not None and s.have >> ev.index & 1:
             s.have &= ~(1 << ev.index)
             s.have_count -= 1
+            s.pending_updates = [i for i in s.pending_updates if i != ev.index]
             self._emit(
                 A.Notice(
                     "error",
@@ -905,14 +1013,18 @@ class MeshNode:
         self._retry_heads()
 
     def _wants_head(self, h: _HeadInfo) -> bool:
-        return h.release_id not in self._swarms and h.release_id not in self._rejected
+        rid = h.release_id
+        return rid not in self._swarms and rid not in self._rejected and rid not in self._stale
+
+    def _wanted(self) -> list[_HeadInfo]:
+        return [h for h in (*self._heads.values(), *self._hints.values()) if self._wants_head(h)]
 
     def _manifest_pending(self, rid: ReleaseId) -> bool:
         return any(rid in p.manifest_inflight for p in self._peers.values())
 
     def _retry_heads(self) -> None:
-        for h in list(self._heads.values()):
-            if not self._wants_head(h) or self._manifest_pending(h.release_id):
+        for h in self._wanted():
+            if self._manifest_pending(h.release_id):
                 continue
             if h.next_try > self._now:
                 continue
@@ -934,6 +1046,7 @@ class MeshNode:
         p = self._peers.get(peer)
         if p is not None:
             p.inflight.pop((rid, index), None)
+        self._requests.pop((rid, index, peer), None)
         s = self._swarms.get(rid)
         if s is None:
             return
@@ -945,7 +1058,8 @@ class MeshNode:
                 s.requested_mask &= ~(1 << index)
 
     def _expire_requests(self) -> None:
-        for p in list(self._peers.values()):
+        for pid in dict.fromkeys(pid for (_, _, pid) in self._requests):
+            p = self._peers[pid]
             limit = self._timeout(p)
             for (rid, index), sent in list(p.inflight.items()):
                 if self._now >= sent + limit:
@@ -958,26 +1072,33 @@ class MeshNode:
                         if p.delivery_ewma is None
                         else max(p.delivery_ewma, limit / self.config.request_timeout_factor)
                     )
+        for p in self._manifest_waits():
             for rid, sent in list(p.manifest_inflight.items()):
                 if self._now >= sent + self.config.manifest_timeout:
                     del p.manifest_inflight[rid]
 
     def _schedule(self) -> None:
+        c = self.config
+        if len(self._requests) >= c.max_requests + c.rare_requests:
+            return
         swarms = [s for s in self._swarms.values() if not s.complete and self._is_current(s)]
         if not swarms:
             return
-        total = sum(len(p.inflight) for p in self._peers.values())
-        c = self.config
+        self._schedule_rare(swarms)
+        total = len(self._requests)
         if total >= c.max_requests:
             return
+        now = self._now
         peers = [
             p
             for p in self._peers.values()
-            if p.hello is not None and len(p.inflight) < c.per_peer_requests
+            if p.hello is not None and len(p.inflight) < c.per_peer_requests and p.busy_until <= now
         ]
         if not peers:
             return
-        self.rng.shuffle(peers)
+        # random rotation, then a stable sort: ties are broken differently each time
+        k = self.rng.randrange(len(peers))
+        peers = peers[k:] + peers[:k]
         peers.sort(key=lambda p: (len(p.inflight), -p.rate_ewma))
         for s in swarms:
             missing = s.full_mask & ~s.have & ~s.storing_mask
@@ -999,7 +1120,7 @@ class MeshNode:
                         continue
                     cand = theirs & ~s.requested_mask
                     if not cand and endgame:
-                        cand = theirs & ~self._requested_from(s, p.id)
+                        cand = theirs & ~self._requested_from(s, p.id) & self._overdue(s)
                     if not cand:
                         continue
                     index = self._rarest(s, cand)
@@ -1007,10 +1128,54 @@ class MeshNode:
                     total += 1
                     progress = True
 
+    def _schedule_rare(self, swarms: list[_Swarm]) -> None:
+        """Request at once chunks that only one peer has (e.g. a super-seed's reveals),
+        even past ``max_requests``: waiting would leave that peer's uplink idle."""
+        c = self.config
+        limit = c.max_requests + c.rare_requests
+        now = self._now
+        for s in swarms:
+            rare = s.rare_mask & ~s.have & ~s.storing_mask & ~s.requested_mask
+            if not rare:
+                continue
+            # nothing changed since the last fruitless pass: skip the peer scan
+            snapshot = (rare, len(self._requests), len(self._peers), self._backoff_epoch)
+            if snapshot == s.rare_snapshot:
+                continue
+            for p in self._peers.values():
+                if len(self._requests) >= limit:
+                    return
+                if p.busy_until > now or len(p.inflight) > c.per_peer_requests:
+                    continue
+                bits = p.have.get(s.rid, 0) & rare
+                while bits and len(p.inflight) <= c.per_peer_requests:
+                    low = bits & -bits
+                    bits ^= low
+                    rare &= ~low
+                    self._request(p, s, low.bit_length() - 1)
+                    if len(self._requests) >= limit:
+                        return
+            s.rare_snapshot = (rare, len(self._requests), len(self._peers), self._backoff_epoch)
+
     def _requested_from(self, s: _Swarm, peer: PeerId) -> int:
         mask = 0
         for index, holders in s.requested.items():
             if peer in holders or len(holders) >= 2:
+                mask |= 1 << index
+        return mask
+
+    def _endgame_delay(self, peer: PeerId) -> float:
+        """How long a request may run before the endgame asks a second peer too."""
+        p = self._peers.get(peer)
+        if p is None or p.delivery_ewma is None:
+            return self.config.request_timeout_min / 2
+        return 2.0 * p.delivery_ewma
+
+    def _overdue(self, s: _Swarm) -> int:
+        """Requested chunks whose request has run longer than expected (endgame)."""
+        mask = 0
+        for index, holders in s.requested.items():
+            if all(self._now - t >= self._endgame_delay(peer) for peer, t in holders.items()):
                 mask |= 1 << index
         return mask
 
@@ -1034,6 +1199,7 @@ class MeshNode:
 
     def _request(self, p: _Peer, s: _Swarm, index: int) -> None:
         p.inflight[(s.rid, index)] = self._now
+        self._requests[(s.rid, index, p.id)] = self._now
         s.requested.setdefault(index, {})[p.id] = self._now
         s.requested_mask |= 1 << index
         if self.config.download_rate is not None:
@@ -1080,39 +1246,66 @@ class MeshNode:
                     self._send(p.id, HaveUpdate(s.rid, updates[start : start + 4096]))
 
     def _reveal(self, p: _Peer, s: _Swarm) -> None:
-        """Super-seeding: keep ``per_peer_requests`` unobtained chunks revealed to ``p``."""
+        """Super-seeding: keep ``per_peer_requests`` unobtained chunks revealed to ``p``.
+
+        First every chunk is revealed to exactly one peer (so each leaves the seed once);
+        after that only chunks that no connected peer holds or is about to receive.
+        """
         if not s.complete or p.hello is None:
             return
         revealed = p.revealed.get(s.rid, 0)
         theirs = p.have.get(s.rid, 0)
-        outstanding = revealed & ~theirs
-        want = self.config.per_peer_requests - outstanding.bit_count()
+        want = self.config.reveal_per_peer - (revealed & ~theirs).bit_count()
         new: list[int] = []
         while want > 0:
-            cand = s.full_mask & ~theirs & ~revealed
-            best = -1
-            best_key: tuple[int, int] | None = None
-            bits = cand
-            while bits:
-                low = bits & -bits
-                i = low.bit_length() - 1
-                bits ^= low
-                key = (s.given[i], s.avail[i])
-                if best_key is None or key < best_key:
-                    best, best_key = i, key
-                    if key == (0, 0):
+            fresh = s.ungiven & ~theirs
+            if fresh:
+                best = (fresh & -fresh).bit_length() - 1
+            else:
+                best = -1
+                bits = s.full_mask & ~theirs & ~revealed
+                while bits:
+                    low = bits & -bits
+                    i = low.bit_length() - 1
+                    bits ^= low
+                    if s.avail[i] == 0 and s.reveal_pending[i] == 0:
+                        best = i
                         break
-            if best < 0 or best_key is None:
-                break
-            if best_key[0] > 0 and best_key[1] > 0:
-                break  # every chunk is out there: peers serve each other now
-            s.given[best] += 1
+                if best < 0 and self._now - p.last_progress >= self.config.stall_seconds:
+                    # p made no progress for a while: its peers cannot (or will not)
+                    # give it what it lacks, so reveal its rarest missing chunk
+                    best = self._rarest_for(s, s.full_mask & ~theirs & ~revealed)
+                    p.last_progress = self._now  # one rescue per stall period
+                if best < 0:
+                    break  # every chunk is out there: peers serve each other now
+            s.ungiven &= ~(1 << best)
+            s.reveal_pending[best] += 1
             revealed |= 1 << best
             new.append(best)
             want -= 1
         p.revealed[s.rid] = revealed
         if new:
             self._send(p.id, HaveUpdate(s.rid, tuple(new)))
+
+    def _rarest_for(self, s: _Swarm, cand: int) -> int:
+        return -1 if not cand else self._rarest(s, cand)
+
+    def _stall_check(self) -> None:
+        """Super-seeding: look for peers that stopped making progress (see _reveal)."""
+        self._next_stall_check = self._now + self.config.stall_seconds / 2
+        for s in self._swarms.values():
+            if s.complete:
+                for p in self._peers.values():
+                    if p.hello is not None and p.have.get(s.rid, 0) != s.full_mask:
+                        self._reveal(p, s)
+
+    def _reveal_settled(self, p: _Peer, s: _Swarm, bits: int) -> None:
+        """``p`` obtained (or can no longer obtain) chunks ``bits`` revealed to it."""
+        settled = bits & p.revealed.get(s.rid, 0)
+        while settled:
+            low = settled & -settled
+            s.reveal_pending[low.bit_length() - 1] -= 1
+            settled ^= low
 
 
 _HANDLERS: dict[type[E.Event], Any] = {

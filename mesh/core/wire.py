@@ -313,7 +313,9 @@ class Reject(_Control):
         except ValueError:
             raise RemoteProtocolError(f"reject: unknown reason code {code}") from None
         release = None if rid == b"" else _rid(rid, "reject")
-        idx = None if index == -1 else _uint(index, "reject index", MAX_CHUNKS)
+        idx = (
+            None if type(index) is int and index == -1 else _uint(index, "reject index", MAX_CHUNKS)
+        )
         return cls(rc, release, idx, _str(detail, "reject detail", MAX_DETAIL))
 
 
@@ -382,6 +384,8 @@ def _decode_body(mtype: int, body: memoryview) -> Message:
             raise RemoteProtocolError("chunk data: header runs past the frame")
         header = _unpack(body[_U16.size : _U16.size + hlen], "chunk data header")
         rid, index = _arr(header, "chunk data header", 2)
+        if len(body) - _U16.size - hlen > MAX_CHUNK_SIZE:
+            raise RemoteProtocolError(f"chunk data: payload over {MAX_CHUNK_SIZE} bytes")
         return ChunkData(
             _rid(rid, "chunk data"),
             _uint(index, "chunk data index", MAX_CHUNKS),

@@ -21,9 +21,14 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class PeersDiscovered(Event):
-    """Peers found by discovery (mDNS, static addresses); the node picks whom to dial."""
+    """Peers found by discovery; the node picks whom to dial.
+
+    ``static`` peers (``--peer`` addresses, typically across a WAN) are always dialled
+    and kept; the others (mDNS on the local network) up to ``max_peers``.
+    """
 
     peers: tuple[PeerId, ...]
+    static: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,7 @@ class NodeConfig:
     #: Batch have-updates this long: fewer messages, slightly later availability.
     have_interval: float = 0.02
     #: Request timeout: max(min, factor x this peer's typical delivery time).
-    request_timeout_min: float = 4.0
+    request_timeout_min: float = 1.5
     request_timeout_factor: float = 4.0
     request_timeout_max: float = 60.0
     manifest_timeout: float = 10.0
@@ -126,6 +126,8 @@ class NodeConfig:
     endgame_chunks: int = 8
     ban_threshold: float = 2.0
     ban_seconds: float = 600.0
+    #: Re-send hellos not yet answered and full have-sets this often: repairs lost frames.
+    refresh_interval: float = 5.0
     #: Re-gossip our announcements this often (gossip does not persist).
     reannounce_interval: float = 30.0
     upload_rate: float | None = None  # bytes/s, None = unlimited
@@ -188,6 +190,7 @@ class _Swarm:
         "rid",
         "storing_mask",
         "ungiven",
+        "ungiven_remote",
     )
 
     def __init__(self, release: SignedRelease) -> None:
@@ -210,7 +213,8 @@ class _Swarm:
         self.pending_updates: list[int] = []
         # super-seeding: chunks never revealed to anyone, and per chunk the number of
         # connected peers it is revealed to that do not have it yet
-        self.ungiven = self.full_mask
+        self.ungiven = self.full_mask  # never revealed to a local (mDNS) peer
+        self.ungiven_remote = self.full_mask  # ... to a peer beyond the LAN
         self.reveal_pending = [0] * self.n
         self.completed_at: float | None = None
 
@@ -279,6 +283,7 @@ class _Peer:
     manifest_inflight: dict[ReleaseId, float] = field(default_factory=dict)
     busy_until: float = 0.0  # it answered BUSY: do not ask it again before this
     last_progress: float = 0.0  # when its have-set last grew (super-seeding stall check)
+    hello_sent_at: float = 0.0
 
     def has(self, rid: ReleaseId, index: int) -> bool:
         return bool(self.have.get(rid, 0) >> index & 1)
@@ -323,11 +328,14 @@ class MeshNode:
         self._rejected: dict[ReleaseId, str] = {}
         self._banned: dict[PeerId, float] = {}
         self._candidates: list[PeerId] = []
+        self._static: dict[PeerId, None] = {}
+        self._local: set[PeerId] = set()  # found on the local network (mDNS)
         self._dialing: set[PeerId] = set()
         self._announcements: list[bytes] = []
         self._next_announce = now + config.reannounce_interval
         self._next_dial = now
         self._next_stall_check = now + config.stall_seconds
+        self._next_refresh = now + config.refresh_interval
         self._have_flush_at: float | None = None
         self._up_bucket = TokenBucket(config.upload_rate, 4 * 1024 * 1024, now=now)
         self._down_bucket = TokenBucket(config.download_rate, 4 * 1024 * 1024, now=now)
@@ -374,6 +382,8 @@ class MeshNode:
             self._dial()
         if self.config.super_seed and now >= self._next_stall_check:
             self._stall_check()
+        if now >= self._next_refresh:
+            self._refresh()
         self._retry_heads()
         self._schedule()
         self._serve_uploads()
@@ -404,6 +414,8 @@ class MeshNode:
             times.append(self._next_dial)
         if self.config.super_seed and self._peers:
             times.append(self._next_stall_check)
+        if self._peers:
+            times.append(self._next_refresh)
         if self._heads or self._hints:
             for h in self._wanted():
                 if not self._manifest_pending(h.release_id):
@@ -511,6 +523,14 @@ class MeshNode:
     # == discovery and connections =====================================================
 
     def _on_discovered(self, ev: E.PeersDiscovered) -> None:
+        if ev.static:
+            for peer in ev.peers:
+                if peer != self.node_id and len(self._static) < MAX_CANDIDATES:
+                    self._static[peer] = None
+        else:
+            for peer in ev.peers:
+                if len(self._local) < 4 * MAX_CANDIDATES:
+                    self._local.add(peer)
         known = set(self._candidates)
         for peer in ev.peers:
             if (
@@ -524,6 +544,14 @@ class MeshNode:
 
     def _dial(self) -> None:
         self._next_dial = self._now + self.config.dial_interval
+        for peer in self._static:  # operator-given peers: always connected
+            if (
+                peer not in self._peers
+                and peer not in self._dialing
+                and self._banned.get(peer, 0.0) <= self._now
+            ):
+                self._dialing.add(peer)
+                self._emit(A.Connect(peer))
         room = self.config.max_peers - len(self._peers) - len(self._dialing)
         if room <= 0:
             return
@@ -547,10 +575,11 @@ class MeshNode:
         if ev.peer in self._peers:
             return
         limit = self.config.max_peers + (0 if ev.outbound else self.config.max_inbound)
-        if len(self._peers) >= limit:
+        if len(self._peers) >= limit and ev.peer not in self._static:
             self._emit(A.Disconnect(ev.peer, "too many peers"))
             return
         self._peers[ev.peer] = _Peer(ev.peer, ev.outbound, self._now, last_progress=self._now)
+        self._peers[ev.peer].hello_sent_at = self._now
         self._send(ev.peer, Hello(self.config.mesh, PROTOCOL_VERSION, self.heads()))
 
     def _on_disconnected(self, ev: E.PeerDisconnected) -> None:
@@ -598,7 +627,16 @@ class MeshNode:
 
     def _msg_hello(self, p: _Peer, msg: Hello) -> None:
         if p.hello is not None:
-            raise RemoteProtocolError("second hello")
+            # A repeated hello means the peer never got ours (lost frame): answer it,
+            # and take its heads as fresh news.  At most one answer per second.
+            if msg.mesh != p.hello.mesh or msg.protocol != p.hello.protocol:
+                raise RemoteProtocolError("hello changed mesh or protocol")
+            for h in msg.heads:
+                self._note_head(h.model, h.version, h.release_id, p.id, verified=False)
+            if self._now - p.hello_sent_at >= 1.0:
+                p.hello_sent_at = self._now
+                self._send(p.id, Hello(self.config.mesh, PROTOCOL_VERSION, self.heads()))
+            return
         if msg.mesh != self.config.mesh:
             self._send(
                 p.id, Reject(RejectCode.WRONG_MESH, detail=f"this is mesh {self.config.mesh}")
@@ -1258,7 +1296,8 @@ class MeshNode:
         want = self.config.reveal_per_peer - (revealed & ~theirs).bit_count()
         new: list[int] = []
         while want > 0:
-            fresh = s.ungiven & ~theirs
+            local = not self._remote_seen(p)
+            fresh = (s.ungiven if local else s.ungiven_remote) & ~theirs
             if fresh:
                 best = (fresh & -fresh).bit_length() - 1
             else:
@@ -1278,7 +1317,10 @@ class MeshNode:
                     p.last_progress = self._now  # one rescue per stall period
                 if best < 0:
                     break  # every chunk is out there: peers serve each other now
-            s.ungiven &= ~(1 << best)
+            if local:
+                s.ungiven &= ~(1 << best)
+            else:
+                s.ungiven_remote &= ~(1 << best)
             s.reveal_pending[best] += 1
             revealed |= 1 << best
             new.append(best)
@@ -1287,8 +1329,32 @@ class MeshNode:
         if new:
             self._send(p.id, HaveUpdate(s.rid, tuple(new)))
 
+    def _remote_seen(self, p: _Peer) -> bool:
+        """A peer that reached us without local discovery is beyond the LAN (a static
+        ``--peer`` of theirs): a super-seed hands such peers every chunk once as well, so
+        each chunk crosses the WAN about once and remote sites share it locally."""
+        return bool(self._local) and p.id not in self._local
+
     def _rarest_for(self, s: _Swarm, cand: int) -> int:
         return -1 if not cand else self._rarest(s, cand)
+
+    def _refresh(self) -> None:
+        """Repair what lost frames may have broken: re-send our hello to peers we have not
+        heard a hello from, and full have-sets to everyone (updates may have been lost)."""
+        self._next_refresh = self._now + self.config.refresh_interval
+        hello = None
+        for p in list(self._peers.values()):
+            if p.hello is None:
+                if self._now - p.connected_at >= 3 * self.config.refresh_interval:
+                    self._emit(A.Disconnect(p.id, "no hello received"))
+                    self._drop_peer(p.id)
+                    continue
+                hello = hello or Hello(self.config.mesh, PROTOCOL_VERSION, self.heads())
+                p.hello_sent_at = self._now
+                self._send(p.id, hello)
+            elif any(not s.complete for s in self._swarms.values()) or self.config.super_seed:
+                for s in self._swarms.values():
+                    self._send_have(p, s)
 
     def _stall_check(self) -> None:
         """Super-seeding: look for peers that stopped making progress (see _reveal)."""

@@ -228,7 +228,8 @@ class Simulation:
             k = round(sc.hostile.fraction * len(peers))
             for node in self.rng.sample(peers, k):
                 node.hostile = frozenset(sc.hostile.behaviours)
-        # join times, churn and partitions are scripted up front
+        # join times, churn and partitions are scripted up front; the seed is up first
+        self._push(0.0, _SCRIPT, ("join", 0))
         idx = 0
         for dev in sc.devices:
             for _ in range(dev.count):
@@ -238,7 +239,6 @@ class Simulation:
                     self.rng.uniform(0, dev.join_spread_s) if dev.join_spread_s else 0.0
                 )
                 self._push(at, _SCRIPT, ("join", node.index))
-        self._push(0.0, _SCRIPT, ("join", 0))
         if sc.churn is not None:
             self._script_churn(peers)
         for part in sc.partitions:
@@ -420,17 +420,18 @@ class Simulation:
         self._discover(node)
 
     def _discover(self, node: SimNode) -> None:
+        """mDNS finds the alive nodes of the node's own site; across sites the seed is a
+        static ``--peer``.  In the naive strategy every node knows only the seed."""
         assert node.core is not None
+        seed = self.nodes[0]
         if self.strategy == "naive" and node.index != 0:
-            peers = [SEED_ID]
+            node.core.handle(E.PeersDiscovered((SEED_ID,), static=True), now=self.now)
         else:
-            peers = [
-                n.id
-                for n in self.nodes
-                if n is not node and n.alive and (n.site == node.site or n.index == 0)
-            ]
-            self.rng.shuffle(peers)
-        node.core.handle(E.PeersDiscovered(tuple(peers)), now=self.now)
+            local = [n.id for n in self.nodes if n is not node and n.alive and n.site == node.site]
+            self.rng.shuffle(local)
+            node.core.handle(E.PeersDiscovered(tuple(local)), now=self.now)
+            if node.site != seed.site:
+                node.core.handle(E.PeersDiscovered((SEED_ID,), static=True), now=self.now)
         self._drain(node)
 
     def _stop_node(self, node: SimNode) -> None:

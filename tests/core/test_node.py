@@ -707,7 +707,7 @@ BAD_MESSAGES: list[tuple[str, Message]] = [
     ("chunk-data-out-of-range", ChunkData(RID, 10, b"x")),
     ("chunk-data-unknown-release", ChunkData(V2.manifest.release_id, 0, b"x")),
     ("unrequested-manifest", ManifestResponse(RID, V1.release.encode())),
-    ("second-hello", Hello(MESH, PROTOCOL_VERSION, ())),
+    ("hello-changing-mesh", Hello("other-mesh", PROTOCOL_VERSION, ())),
 ]
 
 
@@ -1155,3 +1155,20 @@ def test_random_interleavings_keep_the_invariants(
         d = net.drivers[name]
         for cid in V1.chunks:
             assert d.store.get(cid, V1.chunks[cid]) == V1.chunks[cid]
+
+
+def test_a_repeated_hello_is_answered_not_penalised() -> None:
+    """A lost hello is repaired by repeating it: the peer answers with its own hello."""
+    net = Swarm()
+    net.add("v", config())
+    net.scripted("m")
+    net.connect("m", "v")
+    hello = wire.encode(Hello(MESH, PROTOCOL_VERSION, ()))
+    net.receive("m", "v", hello)
+    net.run_for(2.0)
+    before = sum(isinstance(msg, Hello) for _, msg in net.drivers["m"].inbox)
+    net.receive("m", "v", hello)
+    net.run_for(0.01)
+    after = sum(isinstance(msg, Hello) for _, msg in net.drivers["m"].inbox)
+    assert after == before + 1
+    assert net.node("v").penalty("m") == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ down_mbit = 100
 """
 
 
-def run(text: str, *, seed: int = 1, strategy: str = "swarm") -> dict[str, object]:
+def run(text: str, *, seed: int = 1, strategy: str = "swarm") -> dict[str, Any]:
     sim = Simulation(parse_scenario(text), seed=seed, strategy=strategy)
     return build_report(sim.run(), wall_s=0.0)
 

@@ -79,7 +79,7 @@ def test_report_has_the_documented_fields() -> None:
         "per_node",
     ):
         assert key in r
-    node = r["per_node"][0]  # type: ignore[index]
+    node = r["per_node"][0]
     assert set(node) >= {"id", "completion_s", "downloaded_bytes", "uploaded_bytes"}
 
 

@@ -33,8 +33,12 @@ class PeersDiscovered(Event):
 
 @dataclass(frozen=True, slots=True)
 class PeerConnected(Event):
+    """A connection is up.  ``local``: the peer's address is on our LAN (the driver can
+    tell from the connection); peers beyond it are handled as a separate group."""
+
     peer: PeerId
     outbound: bool
+    local: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,8 @@ class NodeConfig:
     max_peers: int = 12
     #: Inbound connections accepted beyond max_peers (others must be able to join us).
     max_inbound: int = 12
+    #: Inbound peers from beyond the LAN (not found by mDNS) accepted in addition.
+    max_remote_peers: int = 64
     #: Requests in flight to one peer: two keep its uplink busy across a round trip.
     per_peer_requests: int = 1
     #: Requests in flight in total: few concurrent downloads finish each chunk sooner,
@@ -284,6 +286,7 @@ class _Peer:
     busy_until: float = 0.0  # it answered BUSY: do not ask it again before this
     last_progress: float = 0.0  # when its have-set last grew (super-seeding stall check)
     hello_sent_at: float = 0.0
+    local: bool = True  # on our LAN (as the driver saw the connection's address)
 
     def has(self, rid: ReleaseId, index: int) -> bool:
         return bool(self.have.get(rid, 0) >> index & 1)
@@ -329,7 +332,6 @@ class MeshNode:
         self._banned: dict[PeerId, float] = {}
         self._candidates: list[PeerId] = []
         self._static: dict[PeerId, None] = {}
-        self._local: set[PeerId] = set()  # found on the local network (mDNS)
         self._dialing: set[PeerId] = set()
         self._announcements: list[bytes] = []
         self._next_announce = now + config.reannounce_interval
@@ -527,10 +529,6 @@ class MeshNode:
             for peer in ev.peers:
                 if peer != self.node_id and len(self._static) < MAX_CANDIDATES:
                     self._static[peer] = None
-        else:
-            for peer in ev.peers:
-                if len(self._local) < 4 * MAX_CANDIDATES:
-                    self._local.add(peer)
         known = set(self._candidates)
         for peer in ev.peers:
             if (
@@ -575,10 +573,16 @@ class MeshNode:
         if ev.peer in self._peers:
             return
         limit = self.config.max_peers + (0 if ev.outbound else self.config.max_inbound)
+        if not ev.local and not ev.outbound:
+            # a peer from beyond our LAN (it dialled us as a static --peer): such peers
+            # have few other ways in, so they get their own allowance
+            limit = self.config.max_remote_peers + sum(1 for q in self._peers.values() if q.local)
         if len(self._peers) >= limit and ev.peer not in self._static:
             self._emit(A.Disconnect(ev.peer, "too many peers"))
             return
-        self._peers[ev.peer] = _Peer(ev.peer, ev.outbound, self._now, last_progress=self._now)
+        self._peers[ev.peer] = _Peer(
+            ev.peer, ev.outbound, self._now, last_progress=self._now, local=ev.local
+        )
         self._peers[ev.peer].hello_sent_at = self._now
         self._send(ev.peer, Hello(self.config.mesh, PROTOCOL_VERSION, self.heads()))
 
@@ -1333,7 +1337,7 @@ class MeshNode:
         """A peer that reached us without local discovery is beyond the LAN (a static
         ``--peer`` of theirs): a super-seed hands such peers every chunk once as well, so
         each chunk crosses the WAN about once and remote sites share it locally."""
-        return bool(self._local) and p.id not in self._local
+        return not p.local
 
     def _rarest_for(self, s: _Swarm, cand: int) -> int:
         return -1 if not cand else self._rarest(s, cand)

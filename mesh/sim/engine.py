@@ -486,10 +486,11 @@ class Simulation:
         assert nb.core is not None
         self._conns[pair] = [self.now, self.now]
         self._trace_line("conn", na.id, nb.id)
-        na.core.handle(E.PeerConnected(nb.id, outbound=True), now=self.now)
+        local = na.site == nb.site
+        na.core.handle(E.PeerConnected(nb.id, outbound=True, local=local), now=self.now)
         self._drain(na)
         if pair in self._conns and nb.core is not None:
-            nb.core.handle(E.PeerConnected(na.id, outbound=False), now=self.now)
+            nb.core.handle(E.PeerConnected(na.id, outbound=False, local=local), now=self.now)
             self._drain(nb)
 
     # -- action dispatch ------------------------------------------------------------------------

@@ -93,7 +93,7 @@ class NodeConfig:
     #: few enough that have-updates stay cheap (BitTorrent uses 30-80).
     max_peers: int = 12
     #: Inbound connections accepted beyond max_peers (others must be able to join us).
-    max_inbound: int = 12
+    max_inbound: int = 24
     #: Inbound peers from beyond the LAN (not found by mDNS) accepted in addition.
     max_remote_peers: int = 64
     #: Requests in flight to one peer: two keep its uplink busy across a round trip.
@@ -118,7 +118,7 @@ class NodeConfig:
     upload_queue_per_peer: int = 4
     upload_queue_total: int = 2
     #: Batch have-updates this long: fewer messages, slightly later availability.
-    have_interval: float = 0.1
+    have_interval: float = 0.02
     #: Request timeout: max(min, factor x this peer's typical delivery time).
     request_timeout_min: float = 1.5
     request_timeout_factor: float = 4.0

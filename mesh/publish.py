@@ -81,21 +81,17 @@ def _manifest_path(path: Path) -> str:
         return "model.onnx"
 
 
-def _read_chunk(f: BinaryIO, chunk_size: int) -> bytes:
-    """The next ``chunk_size`` bytes of ``f`` (fewer only at the end of the file).
-
-    ``read`` on an unbuffered file returns a fresh ``bytes`` the kernel copied into: no
-    buffer zeroing and no second copy, which matters at GB/s.  A short read before the
-    end of the file is completed, so chunk boundaries never shift."""
-    block = f.read(chunk_size)
-    if 0 < len(block) < chunk_size:
-        parts = [block]
-        got = len(block)
-        while got < chunk_size and (more := f.read(chunk_size - got)):
-            parts.append(more)
-            got += len(more)
-        block = b"".join(parts)
-    return block
+def _read_into(f: BinaryIO, buf: bytearray) -> int:
+    """Fill ``buf`` from ``f``; fewer bytes only at the end of the file.  A short read
+    before the end is completed, so chunk boundaries never shift."""
+    view = memoryview(buf)
+    got = 0
+    while got < len(buf):
+        n = f.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _hash_file(
@@ -110,15 +106,17 @@ def _hash_file(
     whole = hashlib.sha256()
     ids: list[ChunkId] = []
     reused = 0
-    # (store.add_new of a block, the block): the block stays referenced until it is
-    # settled, so blocks are freed oldest first and the allocator reuses their memory;
-    # freed by the workers in random order, each GiB faulted ~300 MiB of fresh pages.
-    window: collections.deque[tuple[Future[tuple[ChunkId, bool]], bytes]] = collections.deque()
+    # A fixed set of reusable buffers: the file is read straight into one (readinto),
+    # hashed here and handed to the store as a memoryview, and the buffer is reused once
+    # the store has written it.  No per-chunk allocation, no copy, no fresh page faults.
     max_window = max(2, _IN_FLIGHT_BYTES // chunk_size)
+    free = [bytearray(chunk_size) for _ in range(max_window)]
+    window: collections.deque[tuple[Future[tuple[ChunkId, bool]], bytearray]] = collections.deque()
 
-    def settle(item: tuple[Future[tuple[ChunkId, bool]], bytes]) -> None:
+    def settle(item: tuple[Future[tuple[ChunkId, bool]], bytearray]) -> None:
         nonlocal reused
         cid, new = item[0].result()
+        free.append(item[1])
         ids.append(cid)
         if new:
             added.append(cid)
@@ -132,13 +130,18 @@ def _hash_file(
     try:
         size = os.fstat(f.fileno()).st_size
         total = 0
-        while block := _read_chunk(f, chunk_size):
-            window.append((pool.submit(store.add_new, block), block))  # hashed there and here
-            whole.update(block)
-            total += len(block)
-            del block
-            while len(window) >= max_window:
+        while True:
+            if not free:
                 settle(window.popleft())
+            buf = free.pop()
+            n = _read_into(f, buf)
+            if not n:
+                free.append(buf)
+                break
+            view = memoryview(buf)[:n]
+            window.append((pool.submit(store.add_new, view), buf))  # hashed there and here
+            whole.update(view)
+            total += n
         while window:
             settle(window.popleft())
     except OSError as e:

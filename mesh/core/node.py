@@ -422,10 +422,16 @@ class MeshNode:
             for h in self._wanted():
                 if not self._manifest_pending(h.release_id):
                     times.append(h.next_try)
+        # a rate limit matters only while the bucket is empty: when it refills, the
+        # waiting uploads/requests go ahead (a deadline at "now" would spin)
         if self.config.upload_rate is not None and any(p.queue for p in self._peers.values()):
-            times.append(self._up_bucket.ready_at(now=self._now))
+            t = self._up_bucket.ready_at(now=self._now)
+            if t > self._now:
+                times.append(t)
         if self.config.download_rate is not None and self._needs_download():
-            times.append(self._down_bucket.ready_at(now=self._now))
+            t = self._down_bucket.ready_at(now=self._now)
+            if t > self._now:
+                times.append(t)
         return min(times) if times else None
 
     def _manifest_waits(self) -> list[_Peer]:

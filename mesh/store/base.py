@@ -41,6 +41,9 @@ from mesh.ids import ChunkId, ReleaseId
 
 MIN_KEEP = 2  # current + previous version of each model, for rollback
 
+Buffer = bytes | bytearray | memoryview
+"""Chunk bytes as callers may hold them (publish hands over reusable buffers)."""
+
 
 @dataclass(frozen=True, slots=True)
 class StoreStatistics:
@@ -108,8 +111,8 @@ class GcReport:
 class ChunkStore(Protocol):
     """The port every store implements (see module docstring for the rules)."""
 
-    def add(self, data: bytes) -> ChunkId: ...
-    def add_new(self, data: bytes) -> tuple[ChunkId, bool]: ...
+    def add(self, data: Buffer) -> ChunkId: ...
+    def add_new(self, data: Buffer) -> tuple[ChunkId, bool]: ...
     def put(self, chunk_id: ChunkId, data: bytes) -> bool: ...
     def get(self, chunk_id: ChunkId) -> bytes: ...
     def has(self, chunk_id: ChunkId) -> bool: ...
@@ -153,7 +156,7 @@ class BaseStore(ABC):
     def _chunk_read(self, chunk_id: ChunkId) -> bytes | None: ...
 
     @abstractmethod
-    def _chunk_write(self, chunk_id: ChunkId, data: bytes) -> bool:
+    def _chunk_write(self, chunk_id: ChunkId, data: Buffer) -> bool:
         """Store ``data`` (already verified); False if it was already present."""
 
     @abstractmethod
@@ -188,21 +191,21 @@ class BaseStore(ABC):
     # -- chunks ---
 
     @staticmethod
-    def _check_size(data: bytes) -> None:
+    def _check_size(data: Buffer) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise LocalProtocolError(f"chunk data must be bytes, got {type(data).__name__}")
         if len(data) > MAX_CHUNK_SIZE:
             raise LocalProtocolError(f"chunk of {len(data)} bytes exceeds {MAX_CHUNK_SIZE}")
 
-    def add(self, data: bytes) -> ChunkId:
+    def add(self, data: Buffer) -> ChunkId:
         """Store ``data`` under its hash and return that id."""
         return self.add_new(data)[0]
 
-    def add_new(self, data: bytes) -> tuple[ChunkId, bool]:
+    def add_new(self, data: Buffer) -> tuple[ChunkId, bool]:
         """Like :meth:`add`, also saying whether the chunk was newly stored."""
         self._check_size(data)
         chunk_id = ChunkId.of(data)
-        return chunk_id, self._store(chunk_id, bytes(data))
+        return chunk_id, self._store(chunk_id, data)
 
     def put(self, chunk_id: ChunkId, data: bytes) -> bool:
         """Store ``data`` if it hashes to ``chunk_id``; True if newly stored."""
@@ -213,7 +216,7 @@ class BaseStore(ABC):
             raise IntegrityError(f"chunk {chunk_id.short()}: data does not match its hash")
         return self._store(chunk_id, bytes(data))
 
-    def _store(self, chunk_id: ChunkId, data: bytes) -> bool:
+    def _store(self, chunk_id: ChunkId, data: Buffer) -> bool:
         new = self._chunk_write(chunk_id, data)
         with self._lock:
             if new:

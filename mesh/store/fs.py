@@ -37,7 +37,7 @@ from typing import BinaryIO
 
 from mesh.errors import EdgemeshError, IntegrityError, StoreError, StoreFullError
 from mesh.ids import DIGEST_SIZE, ChunkId, ReleaseId
-from mesh.store.base import BaseStore
+from mesh.store.base import BaseStore, Buffer
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _counter = itertools.count()
@@ -134,7 +134,7 @@ class FsStore(BaseStore):
         return self._tmp / f"{os.getpid()}.{next(_counter)}.tmp"
 
     def _write_atomic(
-        self, target: Path, data: bytes | Iterator[bytes], what: str, *, drop_cache: bool = False
+        self, target: Path, data: Buffer | Iterator[bytes], what: str, *, drop_cache: bool = False
     ) -> int:
         self._check_writable()
         tmp = self._tmp_path()
@@ -142,7 +142,7 @@ class FsStore(BaseStore):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                for block in [data] if isinstance(data, bytes) else data:
+                for block in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
                     view = memoryview(block)
                     while view:
                         n = os.write(fd, view)
@@ -190,7 +190,7 @@ class FsStore(BaseStore):
         except OSError as e:
             raise StoreError(f"cannot read chunk {chunk_id.short()}: {e.strerror}") from None
 
-    def _chunk_write(self, chunk_id: ChunkId, data: bytes) -> bool:
+    def _chunk_write(self, chunk_id: ChunkId, data: Buffer) -> bool:
         self._check_writable()  # before the mkdir below: a read-only open never writes
         path = self._chunk_path(chunk_id)
         if path.exists():

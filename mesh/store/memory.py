@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from mesh.ids import ChunkId, ReleaseId
-from mesh.store.base import BaseStore
+from mesh.store.base import BaseStore, Buffer
 
 
 class MemoryStore(BaseStore):
@@ -25,11 +25,11 @@ class MemoryStore(BaseStore):
     def _chunk_read(self, chunk_id: ChunkId) -> bytes | None:
         return self._chunks.get(chunk_id)
 
-    def _chunk_write(self, chunk_id: ChunkId, data: bytes) -> bool:
+    def _chunk_write(self, chunk_id: ChunkId, data: Buffer) -> bool:
         with self._lock:
             if chunk_id in self._chunks:
                 return False
-            self._chunks[chunk_id] = data
+            self._chunks[chunk_id] = bytes(data)  # a caller's buffer may be reused
             return True
 
     def _chunk_exists(self, chunk_id: ChunkId) -> bool:

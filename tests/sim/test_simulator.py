@@ -209,3 +209,13 @@ def test_invalid_scenario_names_the_key(text: str, key: str) -> None:
 def test_missing_scenario_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_scenario(tmp_path / "nope.toml")
+
+
+def test_upload_rate_limit_is_respected_and_never_spins() -> None:
+    rate = 2_500_000  # bytes/s per device
+    sc = parse_scenario(SMALL + f"\n[node]\nupload_rate = {rate}\n")
+    result = Simulation(sc, seed=1).run()
+    assert all(n.completed_at is not None for n in result.nodes[1:])
+    burst = 4 * 1024 * 1024 + sc.chunk_bytes  # bucket size plus one chunk of debt
+    for n in result.nodes[1:]:
+        assert n.bytes_up <= rate * result.end_time + burst

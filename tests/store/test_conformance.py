@@ -65,10 +65,10 @@ def test_add_get_has_present(store: AnyStore) -> None:
 
 
 def test_add_accepts_bytearray_and_memoryview(store: AnyStore) -> None:
-    cid = store.add(bytearray(b"x" * 10))  # type: ignore[arg-type]
+    cid = store.add(bytearray(b"x" * 10))
     assert store.get(cid) == b"x" * 10
     assert type(store.get(cid)) is bytes
-    cid2 = store.add(memoryview(b"y" * 10))  # type: ignore[arg-type]
+    cid2 = store.add(memoryview(b"y" * 10))
     assert store.get(cid2) == b"y" * 10
 
 

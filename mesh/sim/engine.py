@@ -775,14 +775,21 @@ def lower_bound(scenario: Scenario, nodes: list[SimNode]) -> float:
     peers = [n for n in nodes[1:] if not n.hostile]
     if not peers:
         return 0.0
-    u_s = scenario.seed_up_bps
-    u_max = max([u_s] + [n.up.capacity for n in peers])
-    d_min = min(n.down.capacity for n in peers)
+
+    def up(n: SimNode) -> float:  # a configured rate limit lowers the usable uplink
+        return min(n.up.capacity, n.config.upload_rate or math.inf)
+
+    def down(n: SimNode) -> float:
+        return min(n.down.capacity, n.config.download_rate or math.inf)
+
+    u_s = up(nodes[0])
+    u_max = max([u_s] + [up(n) for n in peers])
+    d_min = min(down(n) for n in peers)
     big_n = len(peers)
     terms = [
         f / u_s + math.floor(math.log2(big_n)) * c / u_max if big_n > 1 else f / u_s,
         f / d_min,
-        big_n * f / (u_s + sum(n.up.capacity for n in peers)),
+        big_n * f / (u_s + sum(up(n) for n in peers)),
     ]
     for site in scenario.sites:
         if site.name != scenario.seed_site and any(n.site == site.name for n in peers):

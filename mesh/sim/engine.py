@@ -230,6 +230,9 @@ class Simulation:
                 node.hostile = frozenset(sc.hostile.behaviours)
         # join times, churn and partitions are scripted up front; the seed is up first
         self._push(0.0, _SCRIPT, ("join", 0))
+        late: set[int] = set()
+        if sc.churn is not None:
+            late = self._script_churn(peers)
         idx = 0
         for dev in sc.devices:
             for _ in range(dev.count):
@@ -238,9 +241,8 @@ class Simulation:
                 at = dev.join_at_s + (
                     self.rng.uniform(0, dev.join_spread_s) if dev.join_spread_s else 0.0
                 )
-                self._push(at, _SCRIPT, ("join", node.index))
-        if sc.churn is not None:
-            self._script_churn(peers)
+                if node.index not in late:  # late joiners start only at their churn time
+                    self._push(at, _SCRIPT, ("join", node.index))
         for part in sc.partitions:
             self._push(part.start_s, _SCRIPT, ("partition", part))
             self._push(part.end_s, _SCRIPT, ("heal", part))
@@ -249,7 +251,8 @@ class Simulation:
         if sc.hostile is not None and "forge" in sc.hostile.behaviours:
             self._push(0.7, _SCRIPT, ("forge", None))
 
-    def _script_churn(self, peers: list[SimNode]) -> None:
+    def _script_churn(self, peers: list[SimNode]) -> set[int]:
+        """Schedule crashes, departures and late joins; returns the late joiners."""
         ch = self.scenario.churn
         assert ch is not None
         pool = [p for p in peers if not p.hostile]
@@ -265,8 +268,8 @@ class Simulation:
         for node in leave:
             self._push(self.rng.uniform(ch.start_s, ch.end_s), _SCRIPT, ("leave", node.index))
         for node in late:
-            node.joined_at = -1.0  # marker: join is rescheduled below
             self._push(self.rng.uniform(ch.start_s, ch.end_s), _SCRIPT, ("late", node.index))
+        return {node.index for node in late}
 
     def _add_node(
         self,
@@ -396,7 +399,7 @@ class Simulation:
         if node.alive or node.left:
             return
         node.alive = True
-        if node.joined_at is None or node.joined_at < 0:
+        if node.joined_at is None:
             node.joined_at = self.now
         node.core = MeshNode(
             node.config,

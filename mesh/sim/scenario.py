@@ -153,6 +153,13 @@ class _Table:
             raise ConfigError(f"scenario: unknown key {self._key(unknown[0])!r}")
 
 
+def _count(d: _Table) -> int:
+    v = d.get("count", int)
+    if not 1 <= v <= 100_000:
+        raise ConfigError(f"scenario: {d._key('count')!r} = {v} is out of range (1..100000)")
+    return int(v)
+
+
 def _node_config(t: _Table | None, base: NodeConfig) -> NodeConfig:
     if t is None:
         return base
@@ -225,7 +232,7 @@ def parse_scenario(text: str, name: str = "scenario") -> Scenario:
     for i, d in enumerate(top.tables("devices")):
         dev = DeviceClass(
             name=d.get("name", str, f"class{i}"),
-            count=int(d.num("count", lo=1, hi=100_000)),
+            count=_count(d),
             up_bps=d.num("up_mbit", positive=True) * MBIT,
             down_bps=d.num("down_mbit", positive=True) * MBIT,
             latency_s=d.num("latency_ms", 0.5) / 1000,

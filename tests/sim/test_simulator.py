@@ -133,6 +133,8 @@ downtime_s = [0.5, 2.0]
     )
     assert r["all_completed"] is True
     assert r["nodes_present_at_end"] == 18
+    late = [n for n in r["per_node"] if n["joined_s"] and n["joined_s"] > 0]
+    assert len(late) == 2  # 10 % of the 20 join late
 
 
 def test_two_sites_complete_over_the_wan() -> None:

@@ -20,7 +20,14 @@ from typing import Any
 import msgpack
 
 from mesh.core.manifest import MAX_MANIFEST_BYTES, MAX_VERSION, canonical_packb, check_name
-from mesh.core.trust import ANNOUNCE_DOMAIN, MAX_SIGNATURE_LEN, Signature, Signer, TrustStore
+from mesh.core.trust import (
+    ANNOUNCE_DOMAIN,
+    MAX_SIGNATURE_LEN,
+    Signature,
+    SignedRelease,
+    Signer,
+    TrustStore,
+)
 from mesh.errors import ManifestError, RemoteProtocolError, TrustError
 from mesh.ids import DIGEST_SIZE, KeyId, ReleaseId
 
@@ -67,6 +74,19 @@ class Announcement:
         )
         sig = signer.sign(cls.signed_message(unsigned._body()))
         return cls(mesh, model, version, release_id, manifest_size, Signature(signer.key_id, sig))
+
+    @classmethod
+    def for_release(cls, release: SignedRelease, signer: Signer) -> Announcement:
+        """The announcement of a signed release (what a publisher gossips)."""
+        m = release.manifest
+        return cls.create(
+            mesh=m.mesh,
+            model=m.model,
+            version=m.version,
+            release_id=m.release_id,
+            manifest_size=len(m.encode()),
+            signer=signer,
+        )
 
     def encode(self) -> bytes:
         body = self._body()

@@ -151,23 +151,8 @@ class Simulation:
         self.release = make_release(scenario, self.publisher, version=2)
         self.old_release = make_release(scenario, self.publisher, version=1)
         m = self.release.manifest
-        self.announcement = Announcement.create(
-            mesh=m.mesh,
-            model=m.model,
-            version=m.version,
-            release_id=m.release_id,
-            manifest_size=len(m.encode()),
-            signer=self.publisher,
-        ).encode()
-        om = self.old_release.manifest
-        self.old_announcement = Announcement.create(
-            mesh=om.mesh,
-            model=om.model,
-            version=om.version,
-            release_id=om.release_id,
-            manifest_size=len(om.encode()),
-            signer=self.publisher,
-        ).encode()
+        self.announcement = Announcement.for_release(self.release, self.publisher).encode()
+        self.old_announcement = Announcement.for_release(self.old_release, self.publisher).encode()
         self.forged_announcement = Announcement.create(
             mesh=m.mesh,
             model=m.model,

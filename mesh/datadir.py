@@ -143,6 +143,11 @@ class DataDir:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.trust_file)
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)  # the rename itself survives a power loss
+            finally:
+                os.close(fd)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise ConfigError(f"cannot write trust store {self.trust_file}: {e.strerror}") from None

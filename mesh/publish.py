@@ -173,7 +173,7 @@ def publish(
     created: int,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     breaking: bool = False,
-    load_check: Callable[[Path], bool] | None = None,
+    load_check: Callable[[Path, int], bool] | None = None,
 ) -> PublishResult:
     """Publish ``model_path`` (and its external-data files) as ``model`` ``version``."""
     check_name(mesh, "mesh name")
@@ -188,10 +188,11 @@ def publish(
             f"above {newest} (versions only go up, so nodes never roll back by accident)"
         )
     info = read_onnx(model_path)
-    checked = load_check(model_path) if load_check is not None else False
     sources = [(model_path, _manifest_path(model_path))] + [
         (model_path.parent / rel, rel) for rel in info.external_files
     ]
+    total = sum(src.stat().st_size for src, _ in sources)  # external weights included
+    checked = load_check(model_path, total) if load_check is not None else False
     if len({p for _, p in sources}) != len(sources):
         raise ModelFormatError(f"{model_path.name}: external data file names clash with the model")
 

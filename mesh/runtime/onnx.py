@@ -33,10 +33,10 @@ def new_session(path: Path, *, threads: int = 1) -> ort.InferenceSession:
         raise ModelFormatError(f"onnxruntime cannot load {path.name}: {first[:300]}") from None
 
 
-def load_check(path: Path) -> bool:
-    """Load ``path`` in onnxruntime if it is small enough; True if it was loaded."""
-    total = path.stat().st_size
-    if total > LOAD_CHECK_MAX_BYTES:
+def load_check(path: Path, total_bytes: int) -> bool:
+    """Load ``path`` in onnxruntime if the model (``total_bytes`` with its external
+    data) is small enough; True if it was loaded."""
+    if total_bytes > LOAD_CHECK_MAX_BYTES:
         return False
     new_session(path)
     return True

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import itertools
 import os
 import shutil
@@ -194,7 +195,13 @@ class FsStore(BaseStore):
         self._check_writable()  # before the mkdir below: a read-only open never writes
         path = self._chunk_path(chunk_id)
         if path.exists():
-            return False
+            if self._chunk_intact(path, chunk_id):
+                return False
+            # the stored copy is damaged: replace it with these (verified) bytes
+            self._write_atomic(path, data, f"chunk {chunk_id.short()}", drop_cache=True)
+            with self._lock:
+                self._dirty_dirs.add(path.parent)
+            return True
         d = path.parent
         if not d.is_dir():
             d.mkdir(exist_ok=True)
@@ -204,6 +211,14 @@ class FsStore(BaseStore):
         with self._lock:
             self._dirty_dirs.add(d)
         return True
+
+    @staticmethod
+    def _chunk_intact(path: Path, chunk_id: ChunkId) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return hashlib.sha256(f.read()).digest() == chunk_id.raw
+        except OSError:
+            return False
 
     def _chunk_exists(self, chunk_id: ChunkId) -> bool:
         return self._chunk_path(chunk_id).is_file()

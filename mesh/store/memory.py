@@ -27,9 +27,11 @@ class MemoryStore(BaseStore):
 
     def _chunk_write(self, chunk_id: ChunkId, data: Buffer) -> bool:
         with self._lock:
-            if chunk_id in self._chunks:
+            old = self._chunks.get(chunk_id)
+            if old is not None and ChunkId.of(old) == chunk_id:
                 return False
-            self._chunks[chunk_id] = bytes(data)  # a caller's buffer may be reused
+            # new, or replacing a damaged copy; a caller's buffer may be reused: copy
+            self._chunks[chunk_id] = bytes(data)
             return True
 
     def _chunk_exists(self, chunk_id: ChunkId) -> bool:

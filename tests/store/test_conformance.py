@@ -513,3 +513,14 @@ def test_verify_counts_integrity_failures(store: AnyStore) -> None:
     store.truncate(second, 1)
     store.verify_release(rid)
     assert store.statistics().integrity_failures == 2
+
+
+def test_storing_good_bytes_repairs_a_damaged_chunk(store: AnyStore) -> None:
+    data = b"r" * 5000
+    cid = store.add(data)
+    store.corrupt(cid, 10)
+    with pytest.raises(IntegrityError):
+        store.get(cid)
+    assert store.put(cid, data) is True  # re-fetched from a peer: the copy is replaced
+    assert store.get(cid) == data
+    assert store.add_new(data) == (cid, False)  # intact now: a plain duplicate

@@ -287,6 +287,8 @@ class _Peer:
     last_progress: float = 0.0  # when its have-set last grew (super-seeding stall check)
     hello_sent_at: float = 0.0
     local: bool = True  # on our LAN (as the driver saw the connection's address)
+    # chunks it advertised and then denied having: its later claims to them are ignored
+    denied: dict[ReleaseId, int] = field(default_factory=dict)
 
     def has(self, rid: ReleaseId, index: int) -> bool:
         return bool(self.have.get(rid, 0) >> index & 1)
@@ -688,7 +690,7 @@ class MeshNode:
                     hint.sources.add(p.id)
                     self._retry_heads()
             return
-        bits = s.parse_bitfield(msg.bitfield)
+        bits = s.parse_bitfield(msg.bitfield) & ~p.denied.get(s.rid, 0)
         self._set_have(p, s, bits)
 
     def _set_have(self, p: _Peer, s: _Swarm, bits: int) -> None:
@@ -734,6 +736,7 @@ class MeshNode:
                 raise RemoteProtocolError(f"have-update index {i} past the last chunk ({s.n})")
             if not bits >> i & 1:
                 new |= 1 << i
+        new &= ~p.denied.get(s.rid, 0)
         if new:
             p.have[s.rid] = bits | new
             p.last_progress = self._now
@@ -851,6 +854,7 @@ class MeshNode:
         if msg.code == RejectCode.NOT_HAVE and p.has(rid, index):
             # it advertised the chunk and now denies it: a lie (or it lost the chunk)
             p.have[rid] &= ~(1 << index)
+            p.denied[rid] = p.denied.get(rid, 0) | 1 << index
             self._add_avail(s, 1 << index, -1)
             self._penalise(p, PENALTY_LIE, f"advertised chunk {index} it does not have")
 
@@ -1265,7 +1269,8 @@ class MeshNode:
             if not waiting:
                 return
             # round robin by least recently served: the peer we are sending least to
-            p = min(waiting, key=lambda q: (q.uploading, q.bytes_to))
+            # penalised peers last, then the peer we are sending least to
+            p = min(waiting, key=lambda q: (q.penalty, q.uploading, q.bytes_to))
             rid, index = p.queue.popleft()
             s = self._swarms.get(rid)
             if s is None or not s.have >> index & 1:

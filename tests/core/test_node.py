@@ -1165,3 +1165,23 @@ def test_a_repeated_hello_is_answered_not_penalised() -> None:
     after = sum(isinstance(msg, Hello) for _, msg in net.drivers["m"].inbox)
     assert after == before + 1
     assert net.node("v").penalty("m") == 0.0
+
+
+def test_a_peer_caught_lying_cannot_readvertise_the_chunk() -> None:
+    """After a NOT_HAVE for an advertised chunk, that peer's later claims to it are ignored."""
+    net = Swarm()
+    net.add("v", config(ban_threshold=100.0), have=V1, present=())
+    net.scripted("m")
+    net.connect("m", "v")
+    net.receive("m", "v", wire.encode(Hello(MESH, PROTOCOL_VERSION, ())))
+    net.receive("m", "v", wire.encode(Have(RID, b"\xff\xc0")))
+    net.run_for(0.01)
+    (req, *_) = [msg for _, msg in net.drivers["m"].inbox if isinstance(msg, ChunkRequest)]
+    net.receive("m", "v", wire.encode(Reject(RejectCode.NOT_HAVE, RID, req.index)))
+    net.run_for(0.01)
+    v = net.node("v")
+    assert v.penalty("m") > 0
+    net.receive("m", "v", wire.encode(Have(RID, b"\xff\xc0")))  # the same claim again
+    net.run_for(0.01)
+    asked = [msg.index for _, msg in net.drivers["m"].inbox if isinstance(msg, ChunkRequest)]
+    assert asked.count(req.index) == 1

@@ -173,6 +173,7 @@ class Simulation:
         self.seed_timeline: list[int] = []
         self._payloads: dict[int, bytes] = {}
         self._completions_changed = False
+        self._codec_cache: dict[Any, Any] = {}
         self.nodes: list[SimNode] = []
         self.by_id: dict[str, SimNode] = {}
         self._build_nodes()
@@ -563,7 +564,10 @@ class Simulation:
             return
         if "lie" in node.hostile and isinstance(msg, wire.Have):
             msg = wire.Have(msg.release_id, b"\xff" * len(msg.bitfield))
-        frame = wire.encode(msg)  # the real codec: sizes are real, decoding is exercised
+        frame = self._codec_cache.get(msg)
+        if frame is None:  # the real codec: sizes are real, decoding is exercised
+            frame = wire.encode(msg)
+            self._remember(msg, frame)
         if self.scenario.loss and self.rng.random() < self.scenario.loss:
             self.lost_frames += 1
             return
@@ -587,8 +591,19 @@ class Simulation:
             if self._pair(dst, src) not in self._conns:
                 return
             assert frame is not None
-            node.core.handle(E.MessageReceived(peer, wire.decode(frame)), now=self.now)
+            msg = self._codec_cache.get(frame)
+            if msg is None:
+                msg = wire.decode(frame)
+                self._remember(frame, msg)
+            node.core.handle(E.MessageReceived(peer, msg), now=self.now)
         self._drain(node)
+
+    def _remember(self, key: Any, value: Any) -> None:
+        """A node sends the same have-update to all its peers: encode (and decode) each
+        distinct frame once.  Messages are immutable, so sharing them is safe."""
+        if len(self._codec_cache) >= 4096:
+            self._codec_cache.clear()
+        self._codec_cache[key] = value
 
     def _payload(self, length: int) -> bytes:
         buf = self._payloads.get(length)

@@ -40,6 +40,7 @@ activation policy (``mesh.core.rollout``).
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -395,7 +396,11 @@ class MeshNode:
     def next_deadline(self) -> float | None:
         times: list[float] = []
         peers = self._peers
+        oldest: dict[PeerId, float] = {}  # per peer, its oldest request decides
         for (_, _, peer), sent in self._requests.items():
+            if sent < oldest.get(peer, math.inf):
+                oldest[peer] = sent
+        for peer, sent in oldest.items():
             times.append(sent + self._timeout(peers[peer]))
         for p in self._manifest_waits():
             for sent in p.manifest_inflight.values():

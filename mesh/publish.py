@@ -9,10 +9,11 @@ Rules:
 * The whole-file SHA-256 runs on the reading thread while chunk hashing and the
   store's write+fsync run on a small thread pool (``hashlib`` and file I/O release
   the GIL), so hashing and disk work overlap on a multi-core device.
-* No copies beyond the kernel's: each block is a fresh ``bytes`` from ``read`` that the
-  store writes as is, and blocks are released oldest first, so the allocator reuses
-  their memory instead of faulting in new pages (``simulations/bench_publish.py``
-  measures the pass against a bare SHA-256 of the file).
+* No copies beyond the kernel's: blocks are read into a few reusable page-aligned
+  buffers that are hashed in place and handed to the store as memoryviews; a file
+  store writes them with ``O_DIRECT``, so the chunk bytes are not copied into the page
+  cache either (``simulations/bench_publish.py`` measures the pass against a bare
+  SHA-256 of the file).
 * Publishing is all or nothing: the release file is written last, after every chunk
   is durable.  On any failure (disk full, bad input, interrupt) the chunks this run
   added are removed again; chunks that were there before are never touched.  After a
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import mmap
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,7 +83,7 @@ def _manifest_path(path: Path) -> str:
         return "model.onnx"
 
 
-def _read_into(f: BinaryIO, buf: bytearray) -> int:
+def _read_into(f: BinaryIO, buf: mmap.mmap) -> int:
     """Fill ``buf`` from ``f``; fewer bytes only at the end of the file.  A short read
     before the end is completed, so chunk boundaries never shift."""
     view = memoryview(buf)
@@ -106,14 +108,17 @@ def _hash_file(
     whole = hashlib.sha256()
     ids: list[ChunkId] = []
     reused = 0
-    # A fixed set of reusable buffers: the file is read straight into one (readinto),
+    # Up to max_window reusable buffers: the file is read straight into one (readinto),
     # hashed here and handed to the store as a memoryview, and the buffer is reused once
     # the store has written it.  No per-chunk allocation, no copy, no fresh page faults.
+    # Anonymous mmaps are page-aligned, so the store can write them with O_DIRECT (no
+    # copy into the page cache either); made only as needed, so a small file costs little.
     max_window = max(2, _IN_FLIGHT_BYTES // chunk_size)
-    free = [bytearray(chunk_size) for _ in range(max_window)]
-    window: collections.deque[tuple[Future[tuple[ChunkId, bool]], bytearray]] = collections.deque()
+    free: list[mmap.mmap] = []
+    made = 0
+    window: collections.deque[tuple[Future[tuple[ChunkId, bool]], mmap.mmap]] = collections.deque()
 
-    def settle(item: tuple[Future[tuple[ChunkId, bool]], bytearray]) -> None:
+    def settle(item: tuple[Future[tuple[ChunkId, bool]], mmap.mmap]) -> None:
         nonlocal reused
         cid, new = item[0].result()
         free.append(item[1])
@@ -132,7 +137,11 @@ def _hash_file(
         total = 0
         while True:
             if not free:
-                settle(window.popleft())
+                if made < max_window:
+                    free.append(mmap.mmap(-1, chunk_size))
+                    made += 1
+                else:
+                    settle(window.popleft())
             buf = free.pop()
             n = _read_into(f, buf)
             if not n:

@@ -30,6 +30,7 @@ import errno
 import fcntl
 import hashlib
 import itertools
+import mmap
 import os
 import shutil
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from mesh.store.base import BaseStore, Buffer
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _counter = itertools.count()
 _DONTNEED: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)  # None: not Linux
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)  # 0: not Linux
 
 
 def _fsync_dir(path: Path) -> None:
@@ -140,19 +142,47 @@ class FsStore(BaseStore):
         self._check_writable()
         tmp = self._tmp_path()
         written = 0
+        # drop_cache: the data is streamed (chunks), keep none of it in the page cache.
+        # Page-aligned memory (publish's mmap buffers) goes to the disk with O_DIRECT,
+        # no copy; anything O_DIRECT refuses (EINVAL: unaligned, e.g. a short last chunk,
+        # or a file system without it) is written through the cache and dropped below.
+        direct = (
+            drop_cache
+            and _O_DIRECT != 0
+            and isinstance(data, memoryview)
+            and isinstance(data.obj, mmap.mmap)
+        )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                fd = os.open(tmp, flags | (_O_DIRECT if direct else 0), 0o644)
+            except OSError as e:
+                if not direct or e.errno != errno.EINVAL:
+                    raise
+                direct = False
+                tmp.unlink(missing_ok=True)
+                fd = os.open(tmp, flags, 0o644)
             try:
                 for block in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
                     view = memoryview(block)
                     while view:
-                        n = os.write(fd, view)
+                        try:
+                            n = os.write(fd, view)
+                        except OSError as e:
+                            if not direct or e.errno != errno.EINVAL:
+                                raise
+                            fcntl.fcntl(
+                                fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT
+                            )
+                            direct = False
+                            continue
                         view = view[n:]
                         written += n
                 os.fsync(fd)
                 if drop_cache and _DONTNEED is not None:
-                    # Clean after fsync, so this frees the pages now: streaming GBs of
-                    # chunks neither evicts the working set nor keeps allocating cold pages.
+                    # Clean after fsync, so this frees any cached pages now (none if all
+                    # went direct): streaming GBs of chunks neither evicts the working set
+                    # nor keeps allocating cold pages.
                     os.posix_fadvise(fd, 0, 0, _DONTNEED)
             finally:
                 os.close(fd)

@@ -4,6 +4,9 @@ Layout::
 
     DATA_DIR/store/        the chunk store (see mesh.store.fs)
     DATA_DIR/trust.json    trusted publisher keys and the model patterns each may sign
+    DATA_DIR/node.json     written by a running node: its pid, peer id, API URL
+                           (``edgemesh status/infer/rollback`` find the node through it)
+    DATA_DIR/identity/     the node's persisted libp2p (Ed25519) identity
 
 ``DATA_DIR`` is ``--data-dir``, else ``$EDGEMESH_HOME``, else
 ``$XDG_DATA_HOME/edgemesh`` (``~/.local/share/edgemesh``).
@@ -64,6 +67,49 @@ class DataDir:
     @property
     def trust_file(self) -> Path:
         return self.root / "trust.json"
+
+    @property
+    def node_file(self) -> Path:
+        return self.root / "node.json"
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.root / "identity"
+
+    def write_node_info(self, info: dict[str, Any]) -> None:
+        """Record the running node's ``pid``, ``peer_id`` and ``api`` URL (atomic)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.node_file.with_name(f".node.json.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(info, sort_keys=True) + "\n")
+            os.replace(tmp, self.node_file)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write {self.node_file}: {e.strerror}") from None
+
+    def clear_node_info(self) -> None:
+        try:
+            info = json.loads(self.node_file.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(info, dict) and info.get("pid") == os.getpid():
+            self.node_file.unlink(missing_ok=True)
+
+    def running_node(self) -> dict[str, Any] | None:
+        """The node recorded in ``node.json`` if its process is still alive, else None."""
+        try:
+            info = json.loads(self.node_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+            return None
+        try:
+            os.kill(info["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, owned by another user
+        return info
 
     def open_store(self, *, readonly: bool = False) -> FsStore:
         return FsStore(self.store_root, readonly=readonly)

@@ -501,6 +501,14 @@ class MeshNode:
         p = self._peers.get(peer)
         return 0.0 if p is None else p.penalty
 
+    def complete_peers(self, release_id: ReleaseId) -> tuple[PeerId, ...]:
+        """Connected peers whose have-set says they hold every chunk of the release."""
+        s = self._swarms.get(release_id)
+        if s is None:
+            return ()
+        full = s.full_mask
+        return tuple(p.id for p in self._peers.values() if p.have.get(release_id, 0) == full)
+
     # == helpers ======================================================================
 
     def _emit(self, action: A.Action) -> None:

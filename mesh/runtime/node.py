@@ -1,0 +1,161 @@
+"""The node process: opens every adapter and wires them through one :class:`Driver`.
+
+``run_node`` is what ``edgemesh join`` and ``edgemesh seed`` run: the libp2p host
+(persisted identity), the chunk streams, gossip, mDNS discovery, static peers, the
+store, and (on a joined node) the inference service with its local HTTP API.  It
+records the node in ``DATA_DIR/node.json`` so that ``edgemesh status`` finds it, and
+removes that record when it stops.
+
+Rules: cancellation (SIGINT/SIGTERM in the CLI) closes everything in reverse order:
+API, discovery (unregisters the mDNS record), gossip, streams, host.  The store's
+writes are atomic, so stopping at any moment loses nothing verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiaddr
+import trio
+
+from mesh.core.node import MeshNode, NodeConfig
+from mesh.core.trust import TrustStore
+from mesh.datadir import DataDir
+from mesh.errors import ConfigError
+from mesh.ids import ReleaseId
+from mesh.runtime.chunks import ChunkTransport
+from mesh.runtime.discovery import open_discovery
+from mesh.runtime.driver import Driver
+from mesh.runtime.gossip import open_gossip
+from mesh.runtime.host import concrete_listen_addrs, full_addrs, load_identity, open_host
+
+log = logging.getLogger("edgemesh.node")
+
+
+@dataclass
+class NodeSettings:
+    data_dir: DataDir
+    trust: TrustStore
+    node: NodeConfig
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    peers: list[str] = field(default_factory=list)  # static multiaddrs with /p2p/<id>
+    mdns: bool = True
+    mdns_interfaces: list[str] | None = None  # None: the listen addresses
+    #: announcements to gossip for releases we publish (seed)
+    announcements: dict[ReleaseId, bytes] = field(default_factory=dict)
+    psk: str | None = None
+
+
+@dataclass
+class NodeHandle:
+    peer_id: str
+    addrs: list[str]
+    driver: Driver
+    extra_status: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+
+    def status(self) -> dict[str, Any]:
+        st = self.driver.status()
+        for extra in self.extra_status:
+            st.update(extra())
+        return {"peer_id": self.peer_id, "addrs": self.addrs, **st}
+
+
+def parse_peer(text: str) -> tuple[str, str]:
+    """``/ip4/A/tcp/P/p2p/ID`` -> (peer id, address)."""
+    try:
+        ma = multiaddr.Multiaddr(text)
+        peer = ma.value_for_protocol("p2p")
+    except Exception:  # noqa: BLE001 -- multiaddr raises several unrelated types
+        peer = None
+    if not peer:
+        raise ConfigError(
+            f"peer address {text!r} must be a multiaddr ending in /p2p/<peer id> "
+            "(copy it from the other node's log or 'edgemesh status')"
+        )
+    return str(peer), text
+
+
+@contextlib.asynccontextmanager
+async def open_node(
+    settings: NodeSettings,
+    *,
+    on_complete: Callable[[ReleaseId, str, int], Awaitable[None]] | None = None,
+) -> AsyncIterator[NodeHandle]:
+    """Run a node until the block exits."""
+    static = [parse_peer(p) for p in settings.peers]
+    key_pair = await trio.to_thread.run_sync(load_identity, settings.data_dir.identity_dir)
+    listen = concrete_listen_addrs(settings.listen)
+    store = await trio.to_thread.run_sync(settings.data_dir.open_store)
+    try:
+        async with (
+            open_host(key_pair, listen, psk=settings.psk) as host,
+            trio.open_nursery() as nursery,
+        ):
+            peer_id = host.get_id().to_string()
+            addrs = full_addrs(host)
+            local_ips = [str(a).split("/")[2] for a in listen]
+            core = MeshNode(
+                settings.node,
+                settings.trust,
+                rng=random.Random(),
+                now=trio.current_time(),
+                node_id=peer_id,
+            )
+            driver = Driver(core, store, nursery, on_complete=on_complete, local_ips=local_ips)
+            driver.transport = ChunkTransport(
+                host,
+                nursery,
+                deliver=driver.deliver,
+                connected=driver.connected,
+                disconnected=driver.disconnected,
+                violation=driver.violation,
+                read_chunk=store.get,
+                sent=driver.sent,
+            )
+            nursery.start_soon(driver.run_timer)
+            async with open_gossip(
+                host, settings.node.mesh, validate=core.validate_announcement,
+                received=driver.announcement,
+            ) as gossip:
+                driver.publish = gossip.publish
+                await driver.load_store(settings.announcements)
+                handle = NodeHandle(peer_id, addrs, driver)
+                handle.extra_status.append(lambda: {"gossip_peers": gossip.peers()})
+                log.info("node %s listening on %s", peer_id, ", ".join(addrs))
+                for peer, addr in static:
+                    driver.found(peer, [addr], static=True)
+                async with _maybe_discovery(settings, peer_id, addrs, local_ips, driver):
+                    info = {"pid": os.getpid(), "peer_id": peer_id, "addrs": addrs}
+                    settings.data_dir.write_node_info(info)
+                    try:
+                        yield handle
+                    finally:
+                        settings.data_dir.clear_node_info()
+                        nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(store.close)
+
+
+@contextlib.asynccontextmanager
+async def _maybe_discovery(
+    settings: NodeSettings, peer_id: str, addrs: list[str], local_ips: list[str], driver: Driver
+) -> AsyncIterator[None]:
+    if not settings.mdns:
+        yield
+        return
+    interfaces = settings.mdns_interfaces or local_ips
+    async with open_discovery(
+        interfaces,
+        mesh=settings.node.mesh,
+        peer_id=peer_id,
+        addrs=[a for a in addrs if a.split("/")[2] in interfaces] or addrs,
+        found=driver.found,
+        lost=driver.lost,
+    ):
+        yield

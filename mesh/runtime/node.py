@@ -58,12 +58,33 @@ class NodeHandle:
     addrs: list[str]
     driver: Driver
     extra_status: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+    #: the inference service (``InferenceService``) on a joined node: its view of
+    #: each model (active version, activation state per release) joins the status
+    inference: Any = None
 
     def status(self) -> dict[str, Any]:
+        """The DESIGN §5 status document."""
         st = self.driver.status()
         for extra in self.extra_status:
             st.update(extra())
+        if self.inference is not None:
+            _merge_models(st["models"], self.inference.status())
         return {"peer_id": self.peer_id, "addrs": self.addrs, **st}
+
+
+def _merge_models(models: dict[str, Any], serving: dict[str, Any]) -> None:
+    """Fetch progress (from the core) + activation state (from the inference service)."""
+    for name, s in serving.items():
+        m = models.setdefault(name, {"active_version": None, "releases": []})
+        m["active_version"] = s.get("active_version")
+        by_id = {r["release_id"]: r for r in m["releases"]}
+        for r in s.get("releases", []):
+            mine = by_id.get(r.get("release_id"))
+            if mine is None:
+                continue
+            mine["state"] = r.get("state", mine["state"])
+            if r.get("reason"):
+                mine["reason"] = r["reason"]
 
 
 def parse_peer(text: str) -> tuple[str, str]:

@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import trio
 from onnx import TensorProto
@@ -105,13 +107,13 @@ async def test_several_models_concurrently(node: Node) -> None:
     ],
 )
 async def test_a_bad_release_is_not_activated_and_the_old_one_keeps_serving(
-    node: Node, bad: object, step: str, why: str
+    node: Node, bad: onnx.ModelProto, step: str, why: str
 ) -> None:
     svc = service(node)
     await svc.start()
     await svc.offer(node.publish_onnx(models.scale(1.0), "m", 1))
     assert await answer(svc) == (1, 1.0)  # also records the sample request
-    await svc.offer(node.publish_onnx(bad, "m", 2))  # type: ignore[arg-type]
+    await svc.offer(node.publish_onnx(bad, "m", 2))
     assert states(svc, "m") == {1: "active", 2: "failed"}
     assert reason(svc, "m", 2).startswith(f"{step}: ")
     assert why in reason(svc, "m", 2)
@@ -204,8 +206,14 @@ async def test_consecutive_inference_errors_roll_back_automatically(node: Node) 
     await svc.start()
     await svc.offer(node.publish_onnx(models.gather(offset=1), "g", 1))
     await svc.offer(node.publish_onnx(models.gather(offset=2), "g", 2))
-    good = {"x": np.zeros((1, 4), np.float32), "idx": np.array([0], np.int64)}
-    bad = {"x": np.zeros((1, 4), np.float32), "idx": np.array([99], np.int64)}
+    good: dict[str, np.ndarray[Any, Any]] = {
+        "x": np.zeros((1, 4), np.float32),
+        "idx": np.array([0], np.int64),
+    }
+    bad: dict[str, np.ndarray[Any, Any]] = {
+        "x": np.zeros((1, 4), np.float32),
+        "idx": np.array([99], np.int64),
+    }
     served, out = await svc.infer("g", good)
     assert (served.version, float(out["y"][0, 0])) == (2, 2.0)
     for _ in range(2):

@@ -131,6 +131,9 @@ class Api:
                     if idle.cancelled_caught or request is None:
                         return
                     assert isinstance(request, h11.Request)
+                    size = len(request.target) + sum(len(k) + len(v) for k, v in request.headers)
+                    if size > MAX_HEADER_BYTES:
+                        raise HttpError(431, f"request headers over {MAX_HEADER_BYTES} bytes")
                     body = await self._body(conn, stream, request)
                     status, headers, payload = await self._dispatch(request, body)
                 except HttpError as e:
@@ -495,7 +498,7 @@ def _encode_outputs(
             raise HttpError(500, f"output {name!r} has type {arr.dtype}, which the API cannot send")
         item: dict[str, Any] = {"name": name, "datatype": dtype, "shape": list(arr.shape)}
         if binary.get(name, binary[""]):
-            raw = np.ascontiguousarray(arr).tobytes()
+            raw = arr.tobytes()  # C order
             item["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:

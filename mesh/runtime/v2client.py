@@ -72,7 +72,7 @@ def encode_infer(
     items: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, arr in inputs.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr)  # not ascontiguousarray: it turns a scalar into shape [1]
         dt = DATATYPES.get(arr.dtype)
         if dt is None:
             raise ConfigError(f"input {name!r}: type {arr.dtype} cannot be sent")

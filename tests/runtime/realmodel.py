@@ -83,7 +83,8 @@ def speech_like(n: int, seed: int = 0) -> np.ndarray:
             y = _resonator(y, f, b)
         out[pos : pos + m] = y * np.hanning(m)
         pos += m
-    return (out / np.abs(out).max() * 0.4).astype(np.float32)
+    result: np.ndarray = (out / np.abs(out).max() * 0.4).astype(np.float32)
+    return result
 
 
 def frames(signal: np.ndarray, count: int) -> list[np.ndarray]:

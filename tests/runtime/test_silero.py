@@ -27,7 +27,13 @@ async def test_silero_vad_served_through_the_api(
     # silero rejects all-zero smoke inputs (sr must be 8000 or 16000): the operator
     # gives it a sample request to smoke-test with
     node.data_dir.root.joinpath("samples").mkdir(parents=True)
-    np.savez(node.data_dir.root / "samples" / "vad.npz", **vad_inputs(np.zeros((1, 576))))
+    sample = vad_inputs(np.zeros((1, 576)))
+    np.savez(
+        node.data_dir.root / "samples" / "vad.npz",
+        input=sample["input"],
+        state=sample["state"],
+        sr=sample["sr"],
+    )
     await running.service.offer(node.publish_file(silero, "vad", 1))
     assert running.service.status()["vad"]["active_version"] == 1
 

@@ -1,0 +1,491 @@
+"""Inference adapter: carries out the rollout steps and serves the active sessions.
+
+What it owns: for each model, the serving slot (the active version's onnxruntime
+session), the steps the rollout table (:mod:`mesh.core.rollout`) asks for --
+assemble from verified chunks, re-hash the assembled file, build the session off the
+serving path, check I/O compatibility, smoke inference and warm-up, swap -- and the
+persisted active versions (``DATA_DIR/active.json``, rewritten atomically).
+
+Rules:
+* Decisions are the core's: this module performs a step and reports its outcome.
+* Slow work (disk, hashing, session builds, inference) runs in worker threads
+  (``trio.to_thread``); the event loop only moves references.  The swap is one
+  assignment in the event loop, so a request uses the session it started on until it
+  finishes, and every request sees exactly one version.
+* What is loaded is what was verified: a single-file model is read once, hashed,
+  and the session is built from those bytes.
+* Model problems never raise out of :meth:`InferenceService.offer`; they end in the
+  ``failed`` state with a reason that :meth:`InferenceService.status` reports.
+* Smoke inputs: the first request a version served (kept per model, and saved to
+  ``DATA_DIR/samples/NAME.npz`` for restarts) if it fits the new interface, else that
+  file if an operator put one there, else zeros (symbolic dims = 1).
+
+Non-goals: HTTP (:mod:`mesh.runtime.api`), fetching, choosing what to offer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import trio
+
+from mesh.core.manifest import Manifest, ModelInterface, TensorSpec
+from mesh.core.rollout import (
+    HealthRule,
+    Input,
+    ModelRollout,
+    RolloutError,
+    Step,
+    interface_problems,
+    offline_rollback,
+)
+from mesh.datadir import DataDir
+from mesh.errors import ConfigError, EdgemeshError, IntegrityError, LocalProtocolError
+from mesh.ids import ReleaseId
+from mesh.runtime.onnx import new_session
+from mesh.store.fs import FsStore
+
+ACTIVE_FORMAT = 1
+#: Runs after the smoke inference before a version goes live: the first runs of a
+#: session allocate arenas and pick kernels; three is enough for a CPU session.
+WARMUP_RUNS = 3
+#: Single-file models up to this size are read into memory, hashed and loaded from
+#: those bytes (verified == loaded); bigger ones are hashed, then loaded from disk.
+LOAD_FROM_BYTES_MAX = 1 << 30
+_HASH_BLOCK = 4 << 20
+
+
+class UnknownModelError(LocalProtocolError):
+    """No such model, or not the version asked for, is active here (HTTP 404)."""
+
+
+class BadInputError(LocalProtocolError):
+    """A request's tensors do not fit the model (HTTP 400)."""
+
+
+class InferenceFailedError(EdgemeshError):
+    """onnxruntime failed on a valid request (HTTP 500); counts against health."""
+
+
+def numpy_dtype(elem_type: str) -> np.dtype[Any] | None:
+    """The numpy dtype of an ONNX element type name, None if numpy has none."""
+    if elem_type in ("string", "bfloat16") or elem_type.startswith(("float8", "float4")):
+        return None
+    if elem_type in ("uint4", "int4", "uint2", "int2"):
+        return None
+    return np.dtype(elem_type)
+
+
+def check_inputs(spec: ModelInterface, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+    """Raise :class:`BadInputError` naming the first tensor that does not fit ``spec``."""
+    want = {t.name: t for t in spec.inputs}
+    for name in arrays:
+        if name not in want:
+            raise BadInputError(f"unknown input {name!r} (model inputs: {', '.join(want)})")
+    for t in spec.inputs:
+        arr = arrays.get(t.name)
+        if arr is None:
+            raise BadInputError(f"missing input {t.name!r} ({t.describe()})")
+        dtype = numpy_dtype(t.elem_type)
+        if dtype is None or arr.dtype != dtype:
+            raise BadInputError(
+                f"input {t.name!r} has type {arr.dtype}, the model expects {t.elem_type}"
+            )
+        if t.shape is None:
+            continue
+        if arr.ndim != len(t.shape) or any(
+            type(d) is int and d != n for d, n in zip(t.shape, arr.shape, strict=True)
+        ):
+            got = ",".join(map(str, arr.shape))
+            raise BadInputError(f"input {t.name!r} has shape [{got}], expected {t.describe()}")
+
+
+def synthetic_inputs(spec: ModelInterface) -> dict[str, np.ndarray[Any, Any]]:
+    out = {}
+    for t in spec.inputs:
+        dtype = numpy_dtype(t.elem_type)
+        if dtype is None:
+            raise BadInputError(f"input {t.name!r}: no smoke input for type {t.elem_type}")
+        shape = () if t.shape is None else tuple(d if type(d) is int else 1 for d in t.shape)
+        out[t.name] = np.zeros(shape, dtype)
+    return out
+
+
+@dataclass(eq=False)
+class Served:
+    """One loaded version: what requests hold on to while they run."""
+
+    model: str
+    version: int
+    release_id: ReleaseId
+    session: ort.InferenceSession
+    interface: ModelInterface
+    health: HealthRule
+    output_names: list[str] = field(default_factory=list)
+    sampled: bool = False
+
+    def run(
+        self, outputs: list[str] | None, feeds: Mapping[str, np.ndarray[Any, Any]]
+    ) -> list[np.ndarray[Any, Any]]:
+        result: list[np.ndarray[Any, Any]] = self.session.run(outputs, dict(feeds))
+        return result
+
+
+class InferenceService:
+    """Active versions of every model on this node, and the pipeline that changes them."""
+
+    def __init__(
+        self,
+        data_dir: DataDir,
+        store: FsStore,
+        *,
+        health_error_limit: int = 5,
+        warmup_runs: int = WARMUP_RUNS,
+        session_threads: int = 1,
+        max_concurrent_runs: int = 4,
+    ) -> None:
+        if health_error_limit < 1:
+            raise ConfigError("health_error_limit must be at least 1")
+        self.data_dir = data_dir
+        self.store = store
+        self.health_error_limit = health_error_limit
+        self.warmup_runs = warmup_runs
+        self.session_threads = session_threads
+        self._limiter = trio.CapacityLimiter(max_concurrent_runs)
+        self._rollouts: dict[str, ModelRollout] = {}
+        self._serving: dict[str, Served] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._samples: dict[str, dict[str, np.ndarray[Any, Any]]] = {}
+        self._persist_lock = trio.Lock()
+        self.swaps: dict[str, int] = {}
+        self.started = False
+
+    @property
+    def active_file(self) -> Path:
+        return self.data_dir.root / "active.json"
+
+    def _samples_file(self, model: str) -> Path:
+        return self.data_dir.root / "samples" / f"{model}.npz"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring back the persisted active versions; failures show in :meth:`status`."""
+        persisted = await trio.to_thread.run_sync(read_active, self.active_file)
+        for model, raw in persisted.items():
+            rollout = ModelRollout.from_json(model, raw)
+            self._rollouts[model] = rollout
+            for rid in rollout.pending():
+                async with self._lock(model):
+                    await self._pipeline(rollout, rid, Step.ASSEMBLE, restore=True)
+        self.started = True
+
+    async def aclose(self) -> None:
+        self._serving.clear()
+        self.started = False
+
+    def _lock(self, model: str) -> trio.Lock:
+        return self._locks.setdefault(model, trio.Lock())
+
+    # -- rollout ----------------------------------------------------------------------
+
+    async def offer(self, release_id: ReleaseId) -> None:
+        """Roll out a release whose chunks are all verified in the store."""
+        manifest = self.store.get_release(release_id).manifest
+        model = manifest.model
+        async with self._lock(model):
+            rollout = self._rollouts.setdefault(model, ModelRollout(model))
+            step = rollout.offer(release_id, manifest.version)
+            await self._pipeline(rollout, release_id, step, restore=False)
+
+    async def _pipeline(
+        self, rollout: ModelRollout, rid: ReleaseId, step: Step, *, restore: bool
+    ) -> None:
+        manifest: Manifest | None = None
+        session: ort.InferenceSession | None = None
+        while step is not Step.NONE:
+            event, reason = _DONE[step], ""
+            try:
+                if step is Step.ASSEMBLE:
+                    manifest = self.store.get_release(rid).manifest
+                    model_bytes = await trio.to_thread.run_sync(self._assemble, manifest)
+                elif step is Step.LOAD:
+                    assert manifest is not None
+                    session = await trio.to_thread.run_sync(self._load, manifest, model_bytes)
+                    del model_bytes
+                elif step is Step.CHECK:
+                    assert manifest is not None
+                    assert session is not None
+                    current = self._serving.get(rollout.model)
+                    if current is not None and not restore and not manifest.breaking:
+                        problems = interface_problems(current.interface, manifest.interface)
+                        if problems:
+                            raise RolloutError(
+                                f"I/O incompatible with v{current.version}: "
+                                + "; ".join(problems)
+                                + " (publish with --breaking for an intentional change)"
+                            )
+                    await trio.to_thread.run_sync(self._smoke, manifest, session)
+                else:
+                    assert manifest is not None
+                    assert session is not None
+                    self._swap(manifest, session)
+            except EdgemeshError as e:
+                event, reason = Input.FAILED, f"{step.value}: {e}"
+            step = rollout.handle(rid, event, reason)
+            if event is Input.SWAPPED:
+                await self._persist()
+
+    def _swap(self, manifest: Manifest, session: ort.InferenceSession) -> None:
+        self._serving[manifest.model] = Served(
+            model=manifest.model,
+            version=manifest.version,
+            release_id=manifest.release_id,
+            session=session,
+            interface=manifest.interface,
+            health=HealthRule(self.health_error_limit),
+            output_names=[o.name for o in manifest.interface.outputs],
+        )
+        self.swaps[manifest.model] = self.swaps.get(manifest.model, 0) + 1
+
+    def _assemble(self, manifest: Manifest) -> bytes | None:
+        """Assemble (temp file, fsync, rename: the store), then re-hash what is on disk."""
+        rid = manifest.release_id
+        self.store.assemble(rid)
+        data: bytes | None = None
+        for i, entry in enumerate(manifest.files):
+            path = self.store.assembled_path(rid, entry.path)
+            whole_in_memory = i == 0 and len(manifest.files) == 1
+            whole_in_memory = whole_in_memory and entry.size <= LOAD_FROM_BYTES_MAX
+            try:
+                with open(path, "rb") as f:
+                    if whole_in_memory:
+                        data = f.read()
+                        digest = hashlib.sha256(data).digest()
+                    else:
+                        digest = hashlib.file_digest(f, "sha256").digest()
+            except OSError as e:
+                raise IntegrityError(f"cannot read assembled {entry.path}: {e.strerror}") from None
+            if digest != entry.sha256:
+                raise IntegrityError(
+                    f"assembled {entry.path} does not match its sha256 (changed on disk "
+                    "after assembly); refused"
+                )
+        return data
+
+    def _load(self, manifest: Manifest, model_bytes: bytes | None) -> ort.InferenceSession:
+        path = self.store.assembled_path(manifest.release_id, manifest.files[0].path)
+        session = new_session(path, threads=self.session_threads, model_bytes=model_bytes)
+        names = [i.name for i in session.get_inputs()]
+        if names != [t.name for t in manifest.interface.inputs]:
+            raise RolloutError(f"the loaded model's inputs {names} differ from its manifest")
+        return session
+
+    def _smoke(self, manifest: Manifest, session: ort.InferenceSession) -> None:
+        spec = manifest.interface
+        feeds = None
+        for candidate in (self._samples.get(manifest.model), self._saved_sample(manifest.model)):
+            if candidate is None:
+                continue
+            try:
+                check_inputs(spec, candidate)
+            except BadInputError:
+                continue
+            feeds, origin = candidate, "a sample request"
+            break
+        if feeds is None:
+            feeds, origin = synthetic_inputs(spec), "zero inputs"
+        for i in range(1 + self.warmup_runs):
+            try:
+                outs = session.run(None, dict(feeds))
+            except Exception as e:  # noqa: BLE001 -- onnxruntime raises many types
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                what = "smoke inference" if i == 0 else "warm-up"
+                raise RolloutError(f"{what} with {origin} failed: {first}") from None
+            if i == 0 and len(outs) != len(spec.outputs):
+                raise RolloutError(f"smoke inference returned {len(outs)} outputs")
+
+    def _saved_sample(self, model: str) -> dict[str, np.ndarray[Any, Any]] | None:
+        try:
+            with np.load(self._samples_file(model), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError):
+            return None
+
+    # -- rollback ---------------------------------------------------------------------
+
+    async def rollback(self, model: str, *, reason: str = "explicit rollback") -> int:
+        """Reactivate the previous version of ``model``; returns its version."""
+        rollout = self._rollouts.get(model)
+        if rollout is None:
+            raise RolloutError(f"model {model!r} has no versions on this node")
+        async with self._lock(model):
+            target = rollout.rollback_target()
+            manifest = self.store.get_release(target).manifest
+            try:
+                data = await trio.to_thread.run_sync(self._assemble, manifest)
+                session = await trio.to_thread.run_sync(self._load, manifest, data)
+                del data
+                await trio.to_thread.run_sync(self._smoke, manifest, session)
+            except EdgemeshError as e:
+                rollout.handle(target, Input.FAILED, f"rollback: {e}")
+                raise RolloutError(
+                    f"cannot roll back {model} to v{manifest.version}: {e}"
+                ) from None
+            rollout.reactivated(target, reason)
+            self._swap(manifest, session)
+            await self._persist()
+            return manifest.version
+
+    async def _persist(self) -> None:
+        async with self._persist_lock:
+            snapshot = {m: r.to_json() for m, r in sorted(self._rollouts.items())}
+            await trio.to_thread.run_sync(write_active, self.active_file, snapshot)
+
+    # -- serving ----------------------------------------------------------------------
+
+    def serving(self, model: str, version: int | None = None) -> Served:
+        served = self._serving.get(model)
+        if served is None:
+            if model in self._rollouts:
+                raise UnknownModelError(f"model {model!r} has no active version")
+            raise UnknownModelError(f"unknown model {model!r}")
+        if version is not None and version != served.version:
+            raise UnknownModelError(
+                f"model {model!r} version {version} is not active (active: {served.version})"
+            )
+        return served
+
+    def models(self) -> list[str]:
+        return sorted(self._serving)
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray[Any, Any]],
+        *,
+        version: int | None = None,
+        outputs: list[str] | None = None,
+    ) -> tuple[Served, dict[str, np.ndarray[Any, Any]]]:
+        """Run one request on the active version; the result says which version ran it."""
+        served = self.serving(model, version)
+        check_inputs(served.interface, inputs)
+        names = served.output_names if outputs is None else outputs
+        for n in names:
+            if n not in served.output_names:
+                raise BadInputError(f"unknown output {n!r} (outputs: {served.output_names})")
+        try:
+            result = await trio.to_thread.run_sync(served.run, names, inputs, limiter=self._limiter)
+        except Exception as e:  # noqa: BLE001 -- onnxruntime raises many types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            if served.health.record(False):
+                await self._unhealthy(served)
+            raise InferenceFailedError(f"{model} v{served.version}: {first}") from None
+        served.health.record(True)
+        if not served.sampled:
+            served.sampled = True
+            self._samples[model] = dict(inputs)
+            await trio.to_thread.run_sync(self._save_sample, model, dict(inputs))
+        return served, dict(zip(names, result, strict=True))
+
+    async def _unhealthy(self, served: Served) -> None:
+        reason = f"health: {served.health.limit} consecutive inference errors on v{served.version}"
+        if self._serving.get(served.model) is not served:
+            return
+        try:
+            await self.rollback(served.model, reason=reason)
+        except EdgemeshError as e:
+            rollout = self._rollouts[served.model]
+            rec = rollout.releases[served.release_id]
+            rec.reason = f"{reason}; automatic rollback impossible: {e}"
+
+    def _save_sample(self, model: str, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
+        path = self._samples_file(model)
+        tmp = path.with_name(f".{model}.{os.getpid()}.tmp.npz")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, allow_pickle=False, **arrays)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a sample is a convenience; serving goes on
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {m: r.status() for m, r in sorted(self._rollouts.items())}
+
+
+_DONE = {
+    Step.ASSEMBLE: Input.ASSEMBLED,
+    Step.LOAD: Input.LOADED,
+    Step.CHECK: Input.CHECKED,
+    Step.SWAP: Input.SWAPPED,
+}
+
+
+# -- DATA_DIR/active.json ------------------------------------------------------------------
+
+
+def read_active(path: Path) -> dict[str, Any]:
+    """The persisted rollouts by model ({} when there is no file); a damaged file is an
+    error, never silently empty (that would undo a rollback)."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is unreadable: {e}; fix or remove it") from None
+    if not isinstance(raw, dict) or raw.get("format") != ACTIVE_FORMAT:
+        raise ConfigError(f"{path} has an unknown format; fix or remove it")
+    models = raw.get("models")
+    if not isinstance(models, dict):
+        raise ConfigError(f"{path}: 'models' must be an object")
+    return models
+
+
+def write_active(path: Path, models: dict[str, Any]) -> None:
+    """Atomically replace ``active.json`` (temp file, fsync, rename, fsync the dir)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps({"format": ACTIVE_FORMAT, "models": models}, indent=2, sort_keys=True)
+    try:
+        with open(tmp, "w") as f:
+            f.write(data + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {e.strerror}") from None
+
+
+def rollback_persisted(data_dir: DataDir, model: str) -> int:
+    """Rollback for a node that is not running: the next start activates the previous
+    version.  Returns that version."""
+    path = data_dir.root / "active.json"
+    models = read_active(path)
+    if model not in models:
+        raise RolloutError(f"model {model!r} has no active version recorded in {path}")
+    new, version = offline_rollback(models[model])
+    models[model] = new
+    write_active(path, models)
+    return version
+
+
+def spec_of(t: TensorSpec) -> dict[str, Any]:
+    """A tensor's name, type and shape as JSON (unknown dims: -1)."""
+    shape = [] if t.shape is None else [d if type(d) is int else -1 for d in t.shape]
+    return {"name": t.name, "elem_type": t.elem_type, "shape": shape}

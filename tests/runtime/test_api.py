@@ -1,0 +1,308 @@
+"""The local HTTP API over loopback: Open Inference Protocol routes, the binary tensor
+extension, bad input, limits, metrics, status and rollback, hot swap under load."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from mesh.runtime.api import serve_api
+from mesh.runtime.inference import InferenceService
+from mesh.runtime.v2client import ApiError, Reply, V2Client, encode_infer
+from tests.runtime import models
+from tests.runtime.conftest import Node, Running
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+async def activate(node: Node, running: Running, version: int, model: str = "m") -> None:
+    await running.service.offer(node.publish_onnx(models.scale(float(version)), model, version))
+
+
+async def post_json(c: V2Client, path: str, doc: Any) -> Reply:
+    return await c.request("POST", path, json.dumps(doc).encode())
+
+
+def infer_doc(**overrides: Any) -> dict[str, Any]:
+    item = {"name": "x", "datatype": "FP32", "shape": [2, 4], "data": X.ravel().tolist()}
+    item.update(overrides)
+    return {"inputs": [item]}
+
+
+async def test_health_server_and_model_metadata(node: Node, running: Running) -> None:
+    await activate(node, running, 1)
+    async with running.client() as c:
+        assert (await c.request("GET", "/v2/health/live")).json() == {"live": True}
+        assert (await c.request("GET", "/v2/health/ready")).status == 200
+        server = (await c.request("GET", "/v2")).json()
+        assert server["name"] == "edgemesh"
+        assert "binary_tensor_data" in server["extensions"]
+        meta = await c.request("GET", "/v2/models/m")
+        assert meta.headers["edgemesh-model-version"] == "1"
+        assert meta.json() == {
+            "name": "m",
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+        }
+        assert (await c.request("GET", "/v2/models/m/versions/1")).status == 200
+        ready = await c.request("GET", "/v2/models/m/versions/1/ready")
+        assert ready.json() == {"name": "m", "version": "1", "ready": True}
+        assert (await c.request("GET", "/v2/models/m/ready")).status == 200
+        for path in ("/v2/models/m/versions/2", "/v2/models/zz", "/v2/models/zz/ready"):
+            assert (await c.request("GET", path)).status == 404
+
+
+async def test_infer_json_and_binary_name_the_version(node: Node, running: Running) -> None:
+    await activate(node, running, 3)
+    async with running.client() as c:
+        for binary in (False, True):
+            version, out = await c.infer("m", {"x": X}, binary=binary)
+            assert version == 3
+            np.testing.assert_array_equal(out["y"], X * 3)
+        assert (await c.infer("m", {"x": X}, version=3))[0] == 3
+        reply = await post_json(c, "/v2/models/m/infer", {**infer_doc(), "id": "req-7"})
+        doc = reply.json()
+        assert reply.headers["edgemesh-model-version"] == "3"
+        assert doc["model_name"] == "m"
+        assert doc["model_version"] == "3"
+        assert doc["id"] == "req-7"
+        assert doc["outputs"] == [
+            {"name": "y", "datatype": "FP32", "shape": [2, 4], "data": (X * 3).ravel().tolist()}
+        ]
+
+
+async def test_binary_per_output_request_like_tritonclient(node: Node, running: Running) -> None:
+    """The request tritonclient sends by default: binary inputs, outputs asked for by
+    name with ``binary_data: true``."""
+    await activate(node, running, 2)
+    raw = X.tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    async with running.client() as c:
+        reply = await c.request(
+            "POST",
+            "/v2/models/m/infer",
+            head + raw,
+            [("inference-header-content-length", str(len(head)))],
+        )
+    assert reply.status == 200
+    n = int(reply.headers["inference-header-content-length"])
+    doc = json.loads(reply.body[:n])
+    assert doc["outputs"][0]["parameters"] == {"binary_data_size": 32}
+    np.testing.assert_array_equal(np.frombuffer(reply.body[n:], np.float32).reshape(2, 4), X * 2)
+
+
+@pytest.mark.parametrize(
+    ("doc", "status", "message"),
+    [
+        (infer_doc(name="z"), 400, "unknown input 'z'"),
+        (infer_doc(datatype="FP64"), 400, "type float64, the model expects float32"),
+        (infer_doc(datatype="INT64", data=[1] * 8), 400, "type int64"),
+        (infer_doc(datatype="BYTES"), 400, "unsupported datatype 'BYTES'"),
+        (infer_doc(shape=[2, 2, 2]), 400, "shape [2,2,2], expected x: float32[batch,4]"),
+        (infer_doc(shape=[4, 4]), 400, "8 values do not fill shape [4, 4]"),
+        (infer_doc(shape="2x4"), 400, "'shape' must be a list"),
+        (infer_doc(data=["a"] * 8), 400, "data is not FP32"),
+        ({"inputs": "x"}, 400, "'inputs' list"),
+        ([1, 2], 400, "'inputs' list"),
+        ({**infer_doc(), "outputs": [{"name": "q"}]}, 400, "unknown output 'q'"),
+    ],
+)
+async def test_bad_tensors_are_400_naming_the_problem(
+    node: Node, running: Running, doc: Any, status: int, message: str
+) -> None:
+    await activate(node, running, 1)
+    async with running.client() as c:
+        reply = await post_json(c, "/v2/models/m/infer", doc)
+        assert reply.status == status
+        assert message in reply.json()["error"]
+        # the connection stays usable after a client error
+        assert (await c.infer("m", {"x": X}))[0] == 1
+
+
+async def test_unknown_model_or_version_is_404(node: Node, running: Running) -> None:
+    await activate(node, running, 1)
+    async with running.client() as c:
+        reply = await post_json(c, "/v2/models/nope/infer", infer_doc())
+        assert reply.status == 404
+        assert reply.json() == {"error": "unknown model 'nope'"}
+        reply = await post_json(c, "/v2/models/m/versions/9/infer", infer_doc())
+        assert reply.status == 404
+        assert "version 9 is not active (active: 1)" in reply.json()["error"]
+        assert (await c.request("GET", "/nothing")).status == 404
+        assert (await c.request("GET", "/v2/models/m/infer")).status == 405
+
+
+async def test_malformed_json_and_binary_headers_are_400(node: Node, running: Running) -> None:
+    await activate(node, running, 1)
+    body, headers = encode_infer({"x": X}, binary=True)
+    n = int(dict(headers)["inference-header-content-length"])
+    cases = [
+        (b"{not json", [], "malformed JSON"),
+        (body, [("inference-header-content-length", "abc")], "not a number"),
+        (body, [("inference-header-content-length", str(len(body) + 1))], "does not fit"),
+        (body[:-4], [("inference-header-content-length", str(n))], "binary data is truncated"),
+        (body + b"xx", [("inference-header-content-length", str(n))], "belong to no input"),
+        (
+            body[:n].replace(b'"binary_data_size": 32', b'"binary_data_size": 31') + body[n:],
+            [("inference-header-content-length", str(n))],
+            "binary_data_size 31 does not match",
+        ),
+    ]
+    async with running.client() as c:
+        for data, hdrs, message in cases:
+            reply = await c.request("POST", "/v2/models/m/infer", data, hdrs)
+            assert reply.status == 400, reply.body
+            assert message in reply.json()["error"]
+
+
+async def test_body_over_the_limit_is_413(node: Node, nursery: trio.Nursery) -> None:
+    service = InferenceService(node.data_dir, node.store, warmup_runs=0)
+    await service.start()
+    await service.offer(node.publish_onnx(models.scale(1.0), "m", 1))
+    host, port = await nursery.start(
+        lambda task_status: serve_api(service, max_body_bytes=1024, task_status=task_status)
+    )
+    async with V2Client(host, port) as c:
+        big = np.zeros((100, 4), np.float32)
+        with pytest.raises(ApiError, match="over the limit of 1024 bytes") as e:
+            await c.infer("m", {"x": big})
+        assert e.value.status == 413
+        assert (await c.infer("m", {"x": X}))[0] == 1  # a new connection works
+
+
+async def test_oversized_headers_are_refused(node: Node, running: Running) -> None:
+    async with running.client() as c:
+        reply = await c.request("GET", "/v2", headers=[("x-big", "a" * 20_000)])
+        assert reply.status == 431
+
+
+async def test_raw_garbage_gets_400_and_close(running: Running) -> None:
+    stream = await trio.open_tcp_stream(running.host, running.port)
+    async with stream:
+        await stream.send_all(b"NOT HTTP AT ALL\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_keep_alive_serves_many_requests_on_one_connection(
+    node: Node, running: Running
+) -> None:
+    await activate(node, running, 1)
+    async with running.client() as c:
+        await c.infer("m", {"x": X})
+        first = c._stream
+        for _ in range(20):
+            await c.infer("m", {"x": X})
+        assert c._stream is first
+
+
+async def test_metrics_status_and_rollback_endpoints(node: Node, running: Running) -> None:
+    await activate(node, running, 1)
+    await activate(node, running, 2)
+    async with running.client() as c:
+        await c.infer("m", {"x": X})
+        await post_json(c, "/v2/models/m/infer", infer_doc(name="z"))
+        text = (await c.request("GET", "/metrics")).body.decode()
+        assert 'edgemesh_inference_requests_total{model="m"} 2' in text
+        assert 'edgemesh_inference_errors_total{model="m",kind="bad_request"} 1' in text
+        assert 'edgemesh_model_active_version{model="m"} 2' in text
+        assert 'edgemesh_model_swaps_total{model="m"} 2' in text
+        assert re.search(r'edgemesh_inference_latency_seconds_count\{model="m"\} 2', text)
+        assert 'edgemesh_inference_latency_seconds_bucket{model="m",le="+Inf"} 2' in text
+        status = (await c.request("GET", "/edgemesh/status")).json()
+        assert status["models"]["m"]["active_version"] == 2
+        reply = await c.request("POST", "/edgemesh/models/m/rollback")
+        assert reply.json() == {"model": "m", "active_version": 1}
+        assert (await c.infer("m", {"x": X}))[0] == 1
+        reply = await c.request("POST", "/edgemesh/models/m/rollback")
+        assert reply.status == 409
+        assert "no earlier version" in reply.json()["error"]
+        assert (await c.request("POST", "/edgemesh/models/zz/rollback")).status == 404
+
+
+async def test_driver_status_feeds_status_and_metrics(node: Node, nursery: trio.Nursery) -> None:
+    service = InferenceService(node.data_dir, node.store)
+    await service.start()
+    driver = {
+        "peer_id": "12D3KooWtest",
+        "addrs": [],
+        "peers": ["a", "b"],
+        "bytes_uploaded": 10,
+        "bytes_downloaded": 20,
+        "models": service.status(),
+    }
+    host, port = await nursery.start(
+        lambda task_status: serve_api(service, status=lambda: driver, task_status=task_status)
+    )
+    async with V2Client(host, port) as c:
+        assert (await c.request("GET", "/edgemesh/status")).json() == driver
+        text = (await c.request("GET", "/metrics")).body.decode()
+    assert "edgemesh_peers 2" in text
+    assert 'edgemesh_mesh_bytes_total{direction="downloaded"} 20' in text
+
+
+async def test_hot_swap_under_load_drops_nothing(node: Node, running: Running) -> None:
+    """Clients send requests continuously while v1 -> v2 -> v3 activate and then an
+    explicit rollback happens: no failed request, every answer computed by exactly the
+    version it names, versions only go up except by the rollback."""
+    rids = [node.publish_onnx(models.scale(float(v)), "m", v) for v in (1, 2, 3)]
+    await running.service.offer(rids[0])
+    seen: list[list[int]] = [[] for _ in range(4)]
+    failures: list[str] = []
+    done = trio.Event()
+
+    async def client(i: int) -> None:
+        async with running.client() as c:
+            while not done.is_set():
+                try:
+                    version, out = await c.infer("m", {"x": X}, binary=i % 2 == 0)
+                except ApiError as e:
+                    failures.append(str(e))
+                    continue
+                # exactly one version computed it: the factor is the version number
+                np.testing.assert_array_equal(out["y"], X * version)
+                seen[i].append(version)
+
+    async def until_all_see(version: int) -> None:
+        while not all(s and s[-1] == version for s in seen):
+            await trio.sleep(0.005)
+        counts = [len(s) for s in seen]
+        while not all(len(s) >= n + 10 for s, n in zip(seen, counts, strict=True)):
+            await trio.sleep(0.005)
+
+    async with trio.open_nursery() as n:
+        for i in range(len(seen)):
+            n.start_soon(client, i)
+        await until_all_see(1)
+        await running.service.offer(rids[1])
+        await until_all_see(2)
+        await running.service.offer(rids[2])
+        await until_all_see(3)
+        assert await running.service.rollback("m") == 2
+        await until_all_see(2)
+        done.set()
+    assert failures == []
+    for s in seen:
+        pattern = "".join(map(str, s))
+        assert re.fullmatch(r"1+2+3+2+", pattern), pattern

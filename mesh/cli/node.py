@@ -38,7 +38,9 @@ PROGRESS_EVERY = 5.0  # seconds between progress lines while fetching
 
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s.%(msecs)03d %(message)s", datefmt="%H:%M:%S")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.ERROR)  # py-libp2p logs routine disconnects as warnings
@@ -56,19 +58,44 @@ def _trust(dd: DataDir, specs: list[str]) -> TrustStore:
 
 def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
-        click.option("--listen", "listen", multiple=True, metavar="MULTIADDR",
-                     help="Listen address [default: /ip4/0.0.0.0/tcp/4101]."),
-        click.option("--peer", "peers", multiple=True, metavar="MULTIADDR",
-                     help="Static peer /ip4/A/tcp/P/p2p/ID (networks without multicast)."),
+        click.option(
+            "--listen",
+            "listen",
+            multiple=True,
+            metavar="MULTIADDR",
+            help="Listen address [default: /ip4/0.0.0.0/tcp/4101].",
+        ),
+        click.option(
+            "--peer",
+            "peers",
+            multiple=True,
+            metavar="MULTIADDR",
+            help="Static peer /ip4/A/tcp/P/p2p/ID (networks without multicast).",
+        ),
         click.option("--no-mdns", is_flag=True, help="Do not use mDNS discovery."),
-        click.option("--mdns-interface", "mdns_interfaces", multiple=True, metavar="IP",
-                     help="Run mDNS on the interface with this address [default: listen's]."),
-        click.option("--api", "api", default=None, metavar="HOST:PORT|off",
-                     help="Local HTTP API address [default: 127.0.0.1:8470]."),
+        click.option(
+            "--mdns-interface",
+            "mdns_interfaces",
+            multiple=True,
+            metavar="IP",
+            help="Run mDNS on the interface with this address [default: listen's].",
+        ),
+        click.option(
+            "--api",
+            "api",
+            default=None,
+            metavar="HOST:PORT|off",
+            help="Local HTTP API address [default: 127.0.0.1:8470].",
+        ),
         click.option("--mesh", "mesh_name", default=None, help="Mesh name [default: default]."),
         data_dir_option,
-        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-                     default=None, help="TOML config file (flags override it)."),
+        click.option(
+            "--config",
+            "config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="TOML config file (flags override it).",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -164,7 +191,10 @@ async def _serve(
                     try:
                         bound = await nursery.start(
                             lambda task_status: serve_api(
-                                service, host=host, port=port, status=handle.status,
+                                service,
+                                host=host,
+                                port=port,
+                                status=handle.status,
                                 task_status=task_status,
                             )
                         )
@@ -186,7 +216,9 @@ async def _offer_verified(handle: Any, service: Any) -> None:
     activation) are offered again; the service ignores what is not newer."""
     newest: dict[str, Any] = {}
     for info in await trio.to_thread.run_sync(handle.driver.store.releases):
-        if info.complete and (info.model not in newest or info.version > newest[info.model].version):
+        if info.complete and (
+            info.model not in newest or info.version > newest[info.model].version
+        ):
             newest[info.model] = info
     for info in newest.values():
         await service.offer(info.release_id)
@@ -209,8 +241,13 @@ async def _progress(handle: Any) -> None:
                 pct = 100 * r["chunks_verified"] / max(r["chunks_total"], 1)
                 log.info(
                     "fetching %s v%d: %d/%d chunks (%.0f%%), %.1f chunks/s, %d peers",
-                    model, r["version"], r["chunks_verified"], r["chunks_total"], pct,
-                    rate, len(st["peers"]),
+                    model,
+                    r["version"],
+                    r["chunks_verified"],
+                    r["chunks_total"],
+                    pct,
+                    rate,
+                    len(st["peers"]),
                 )
 
 
@@ -219,6 +256,7 @@ def _run(main: Callable[[], Awaitable[None]]) -> None:
         trio.run(main)
     except* EdgemeshError as eg:
         raise eg.exceptions[0] from None
+    log.info("stopped")
 
 
 # -- join ------------------------------------------------------------------------------
@@ -226,10 +264,19 @@ def _run(main: Callable[[], Awaitable[None]]) -> None:
 
 @cli.command()
 @node_options
-@click.option("--trust", "trust", multiple=True, metavar="PUBFILE[:GLOB,...]",
-              help="Also trust this publisher key (besides the data dir's trust store).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default=None, help="Log detail [default: info].")
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    metavar="PUBFILE[:GLOB,...]",
+    help="Also trust this publisher key (besides the data dir's trust store).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log detail [default: info].",
+)
 def join(
     config: Path | None,
     data_dir: Path | None,
@@ -285,8 +332,14 @@ def _publish_or_reuse(
         from mesh.runtime.onnx import load_check
 
         result = publish_release(
-            store, model_file, mesh=mesh, model=model, version=version, signer=key,
-            created=int(time.time()), load_check=load_check,
+            store,
+            model_file,
+            mesh=mesh,
+            model=model,
+            version=version,
+            signer=key,
+            created=int(time.time()),
+            load_check=load_check,
         )
         return result.release, True
 
@@ -294,16 +347,35 @@ def _publish_or_reuse(
 @cli.command()
 @click.argument("model_file", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @click.option("--model", "model", required=True, help="Model name.")
-@click.option("--version", "version", type=click.IntRange(min=1), required=True,
-              help="Version number (higher than any published before).")
-@click.option("--key", "key_file", required=True, type=click.Path(path_type=Path),
-              help="Publisher private key (from 'edgemesh keygen').")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Version number (higher than any published before).",
+)
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Publisher private key (from 'edgemesh keygen').",
+)
 @node_options
-@click.option("--until-copies", type=click.IntRange(min=1), default=None, metavar="K",
-              help="Exit once K peers hold a complete verified copy.")
+@click.option(
+    "--until-copies",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="Exit once K peers hold a complete verified copy.",
+)
 @click.option("--json", "as_json", is_flag=True, help="With --until-copies: print a JSON summary.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default=None, help="Log detail [default: info].")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log detail [default: info].",
+)
 def seed(
     model_file: Path,
     model: str,
@@ -331,9 +403,11 @@ def seed(
     ann = Announcement.for_release(release, key).encode()
     setup_logging(log_level or cfg.log_level)
     log.info(
-        "%s %s (%s in %d chunks, release %s)",
-        "published" if new else "serving the already published", m.describe(),
-        _human_bytes(m.total_size), m.chunk_total, rid.short(),
+        "%s %s: %s in %d chunks",
+        "published" if new else "serving the already published",
+        m.describe(),
+        _human_bytes(m.total_size),
+        m.chunk_total,
     )
     summary: dict[str, Any] = {}
 
@@ -346,8 +420,11 @@ def seed(
                 st = handle.status()
                 summary.update(
                     {
-                        "model": m.model, "version": m.version, "release_id": rid.hex(),
-                        "model_bytes": m.total_size, "copies": len(copies),
+                        "model": m.model,
+                        "version": m.version,
+                        "release_id": rid.hex(),
+                        "model_bytes": m.total_size,
+                        "copies": len(copies),
                         "seed_uploaded_bytes": st["bytes_uploaded"],
                         "seed_upload_ratio": round(st["bytes_uploaded"] / m.total_size, 3),
                         "seconds": round(trio.current_time() - start, 2),
@@ -356,8 +433,16 @@ def seed(
                 return
             await trio.sleep(0.2)
 
-    _run(lambda: _serve(cfg, dd, dd.load_trust(), seed=True, announcements={rid: ann},
-                        watch=watch if until_copies is not None else None))
+    _run(
+        lambda: _serve(
+            cfg,
+            dd,
+            dd.load_trust(),
+            seed=True,
+            announcements={rid: ann},
+            watch=watch if until_copies is not None else None,
+        )
+    )
     if summary:
         if as_json:
             _emit(summary)

@@ -126,16 +126,18 @@ class ChunkTransport:
             mas = [multiaddr.Multiaddr(a) for a in addrs]
         except Exception:  # noqa: BLE001 -- bad address from discovery/config
             return False
+        stream: Any = None
         with trio.move_on_after(DIAL_TIMEOUT):
             try:
                 if mas:
                     await self.host.connect(PeerInfo(pid, mas))
                 stream = await self.host.new_stream(pid, [PROTOCOL_ID])
             except Exception:  # noqa: BLE001 -- libp2p raises many unrelated types
-                return False
-            self._adopt(peer, stream, opener=self.me, outbound=True)
-            return peer in self._links
-        return False
+                stream = None
+        if stream is None:
+            return False
+        self._adopt(peer, stream, opener=self.me, outbound=True)
+        return peer in self._links
 
     def send(self, peer: str, frame: bytes) -> None:
         link = self._links.get(peer)
@@ -221,8 +223,8 @@ class ChunkTransport:
         link.nursery.start_soon(self._read, peer, stream, False)
 
     async def _read(self, peer: str, stream: Any, control: bool) -> None:
-        decoder = FrameDecoder() if self._max_frame is None else FrameDecoder(
-            max_frame=self._max_frame
+        decoder = (
+            FrameDecoder() if self._max_frame is None else FrameDecoder(max_frame=self._max_frame)
         )
         while True:
             try:
@@ -239,8 +241,7 @@ class ChunkTransport:
                         break
                     if control == isinstance(msg, ChunkData):
                         raise RemoteProtocolError(
-                            f"{type(msg).__name__} on the {'control' if control else 'data'}"
-                            " stream"
+                            f"{type(msg).__name__} on the {'control' if control else 'data'} stream"
                         )
                     if peer not in self._links:
                         return

@@ -83,7 +83,7 @@ async def open_discovery(
 
     async def resolve(name: str) -> None:
         peer_info = await trio.to_thread.run_sync(
-            zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS
+            zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS, abandon_on_cancel=True
         )
         if peer_info is None:
             return
@@ -112,28 +112,29 @@ async def open_discovery(
                 if peer is not None:
                     lost(peer)
             else:
-                nursery.start_soon(resolve, name)
+                with contextlib.suppress(RuntimeError):  # closing: nursery no longer open
+                    nursery.start_soon(resolve, name)
 
         with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(in_trio)
 
-    try:
-        async with trio.open_nursery() as nursery:
-            await trio.to_thread.run_sync(zc.register_service, info)
+    async with trio.open_nursery() as nursery:
+        browser = None
+        try:
+            # browse first: registering probes the network for ~1.7 s
             browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
-            try:
-                yield
-            finally:
-                nursery.cancel_scope.cancel()
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_shutdown, zc, browser, info)
-    except BaseException:
-        raise
+            await trio.to_thread.run_sync(zc.register_service, info, abandon_on_cancel=True)
+            yield
+        finally:
+            nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_shutdown, zc, browser, info)
 
 
 def _shutdown(zc: Zeroconf, browser: Any, info: ServiceInfo) -> None:
-    with contextlib.suppress(Exception):
-        browser.cancel()
+    if browser is not None:
+        with contextlib.suppress(Exception):
+            browser.cancel()
     with contextlib.suppress(Exception):
         zc.unregister_service(info)
     zc.close()

@@ -207,8 +207,9 @@ class Driver:
         elif isinstance(action, A.StoreRelease):
             self._nursery.start_soon(self._store_release, action)
         elif isinstance(action, A.ReleaseComplete):
-            log.info("verified: %s v%d (%s)", action.model, action.version,
-                     action.release_id.short())
+            log.info(
+                "verified: %s v%d (%s)", action.model, action.version, action.release_id.short()
+            )
             if self._on_complete is not None:
                 self._nursery.start_soon(
                     self._on_complete, action.release_id, action.model, action.version
@@ -266,7 +267,9 @@ class Driver:
             if 0 < len(present) < len(refs):
                 log.info(
                     "resuming %s: %d of %d chunks already verified on disk",
-                    rel.manifest.describe(), len(present), len(refs),
+                    rel.manifest.describe(),
+                    len(present),
+                    len(refs),
                 )
 
     # -- status ----------------------------------------------------------------------------

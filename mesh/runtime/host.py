@@ -33,6 +33,7 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_keypair
+from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -82,13 +83,12 @@ def interface_addresses() -> list[str]:
             ip = str(info[4][0])
             if ip not in addrs and not ip.startswith("127."):
                 addrs.append(ip)
-    with contextlib.suppress(OSError):
-        # the address of the default route's interface (no packet is sent)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))
-            ip = s.getsockname()[0]
-            if ip not in addrs and not ip.startswith("127."):
-                addrs.insert(0, ip)
+    # the address of the default route's interface (no packet is sent)
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))
+        ip = s.getsockname()[0]
+        if ip not in addrs and not ip.startswith("127."):
+            addrs.insert(0, ip)
     addrs.append("127.0.0.1")
     return addrs
 
@@ -117,7 +117,7 @@ def _new_host(key_pair: KeyPair, psk: str | None) -> Any:
     return new_host(
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
-        muxer_opt={YAMUX_ID: Yamux},
+        muxer_opt={TProtocol(YAMUX_ID): Yamux},
         connection_config=ConnectionConfig(max_connections_per_peer=1),
         enable_quic=False,
         psk=psk,

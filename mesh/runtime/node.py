@@ -141,7 +141,9 @@ async def open_node(
             )
             nursery.start_soon(driver.run_timer)
             async with open_gossip(
-                host, settings.node.mesh, validate=core.validate_announcement,
+                host,
+                settings.node.mesh,
+                validate=core.validate_announcement,
                 received=driver.announcement,
             ) as gossip:
                 driver.publish = gossip.publish

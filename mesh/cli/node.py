@@ -37,16 +37,24 @@ PROGRESS_EVERY = 5.0  # seconds between progress lines while fetching
 
 
 def setup_logging(level: str) -> None:
+    """One readable line per event on stderr; py-libp2p, zeroconf and friends silenced
+    (they log routine disconnects as errors)."""
+    import libp2p  # noqa: F401 -- its import resets the "libp2p" logger: configure after
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s.%(msecs)03d %(message)s", datefmt="%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.ERROR)  # py-libp2p logs routine disconnects as warnings
+    root.setLevel(logging.ERROR)
     logging.getLogger("edgemesh").setLevel(level.upper())
     for noisy in ("libp2p", "multiaddr", "zeroconf", "async_service"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        lg = logging.getLogger(noisy)
+        lg.setLevel(logging.CRITICAL)
+        # py-libp2p turns propagation off and removes handlers: without one of its own
+        # a logger falls back to logging.lastResort and prints bare lines
+        lg.handlers[:] = [logging.NullHandler()]
 
 
 def _trust(dd: DataDir, specs: list[str]) -> TrustStore:

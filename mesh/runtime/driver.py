@@ -299,6 +299,11 @@ class Driver:
             "wasted_bytes": st.wasted_bytes,
             "corrupt_chunks": st.corrupt_chunks,
             "banned": sorted(st.banned),
+            # bytes received from / sent to each connected peer
+            "peer_traffic": {
+                p.peer: {"from": p.bytes_from, "to": p.bytes_to, "penalty": p.penalty}
+                for p in st.peers
+            },
             "store_error": self.store_error,
             "models": models,
         }

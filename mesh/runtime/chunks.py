@@ -22,6 +22,7 @@ gossip.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ CONTROL_QUEUE = 4096
 DIAL_TIMEOUT = 10.0
 
 Deliver = Callable[[str, Message], None]
+log = logging.getLogger("edgemesh.chunks")
 
 
 @dataclass
@@ -195,8 +197,10 @@ class ChunkTransport:
                     n.start_soon(self._write_data, link)
                     await self._read(link.peer, link.stream, True)
                     n.cancel_scope.cancel()
-            except _LinkEnded:
+            except* _LinkEnded:
                 pass
+            except* Exception as eg:  # noqa: BLE001 -- a bug or odd libp2p error: end this link only
+                log.warning("link to %s failed: %r", link.peer, eg.exceptions[0])
         with trio.CancelScope(shield=True):
             await _reset(link.stream)
             for s in [link.data_out, *link.data_in]:

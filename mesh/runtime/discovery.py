@@ -83,7 +83,8 @@ async def open_discovery(
 
     async def resolve(name: str) -> None:
         peer_info = await trio.to_thread.run_sync(
-            zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS, abandon_on_cancel=True
+            lambda: zc.get_service_info(SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS),
+            abandon_on_cancel=True,  # type: ignore[call-arg]  # trio's decorator hides it
         )
         if peer_info is None:
             return
@@ -123,7 +124,10 @@ async def open_discovery(
         try:
             # browse first: registering probes the network for ~1.7 s
             browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
-            await trio.to_thread.run_sync(zc.register_service, info, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(
+                lambda: zc.register_service(info),
+                abandon_on_cancel=True,  # type: ignore[call-arg]  # trio's decorator hides it
+            )
             yield
         finally:
             nursery.cancel_scope.cancel()

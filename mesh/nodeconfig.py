@@ -75,7 +75,10 @@ def load_node_config(path: Path) -> NodeFileConfig:
     if api in ("", "off"):
         cfg.api = None
     else:
-        parse_api(api)
+        try:
+            parse_api(api)
+        except ConfigError as e:
+            raise top.error(f"'api': {e}") from None
         cfg.api = api
     cfg.trust = [_relative(path, t) for t in top.strings("trust")]
     cfg.upload_limit_mbit = top.num("upload_limit_mbit", 0.0, hi=1e6)

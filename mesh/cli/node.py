@@ -183,6 +183,7 @@ async def _serve(
     async def on_complete(rid: ReleaseId, model: str, version: int) -> None:
         if service is not None and not seed:
             await service.offer(rid)
+            _log_activation(service.status().get(model, {}), model, version)
 
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
@@ -219,6 +220,16 @@ async def _serve(
                     await trio.sleep_forever()
 
 
+def _log_activation(st: dict[str, Any], model: str, version: int) -> None:
+    if st.get("active_version") == version:
+        log.info("activated %s v%d", model, version)
+        return
+    for r in st.get("releases", []):
+        if r.get("version") == version and r.get("reason"):
+            log.warning("%s v%d not activated: %s", model, version, r["reason"])
+            return
+
+
 async def _offer_verified(handle: Any, service: Any) -> None:
     """Releases verified before a restart (or a crash between verification and
     activation) are offered again; the service ignores what is not newer."""
@@ -229,7 +240,10 @@ async def _offer_verified(handle: Any, service: Any) -> None:
         ):
             newest[info.model] = info
     for info in newest.values():
+        before = service.status().get(info.model, {}).get("active_version")
         await service.offer(info.release_id)
+        if before != info.version:
+            _log_activation(service.status().get(info.model, {}), info.model, info.version)
 
 
 async def _progress(handle: Any) -> None:

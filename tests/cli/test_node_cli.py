@@ -90,3 +90,13 @@ def test_seed_refuses_to_reuse_a_version_with_other_content(
     )
     assert res.returncode == 1
     assert "already published with different content" in res.error_line
+
+
+def test_example_config_is_valid() -> None:
+    from mesh.nodeconfig import load_node_config
+
+    cfg = load_node_config(Path(__file__).parents[2] / "configs" / "node.example.toml")
+    assert cfg.mesh == "default"
+    assert cfg.listen == ["/ip4/0.0.0.0/tcp/4101"]
+    assert cfg.api == "127.0.0.1:8470"
+    assert cfg.node_config().upload_rate is None

@@ -17,11 +17,11 @@ import sys
 
 import click
 
-from mesh.cli import release, simulate
+from mesh.cli import inference, release, simulate
 from mesh.cli._common import EXIT_FAILED, EXIT_USAGE, Failed, cli
 from mesh.errors import EdgemeshError
 
-__all__ = ["cli", "main", "release", "simulate"]
+__all__ = ["cli", "inference", "main", "release", "simulate"]
 
 
 def main(argv: list[str] | None = None) -> int:

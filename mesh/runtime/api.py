@@ -208,7 +208,7 @@ class Api:
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         method = request.method.decode()
         path = request.target.decode("latin-1").split("?", 1)[0]
-        get = method in ("GET", "HEAD")
+        get = method == "GET"
         if path == "/v2/health/live" and get:
             return _json(200, {"live": True})
         if path == "/v2/health/ready" and get:

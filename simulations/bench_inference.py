@@ -8,11 +8,12 @@ Run from the repository root::
 What it measures, all in one run (these machines are noisy, so every figure is a
 ratio or a difference against a baseline measured in the same run):
 
-* direct: ``InferenceSession.run`` in this process, one request at a time;
-* api: the same inputs through the HTTP API (a node's service + API in this process,
-  the client in a child process over loopback, one request in flight, keep-alive),
-  with JSON tensors and with the binary tensor extension; overhead = api - direct at
-  the same percentile;
+* api: the inputs through the HTTP API (a node's service + API in this process, the
+  client in a child process over loopback, one request in flight, keep-alive), with
+  JSON tensors and with the binary tensor extension;
+* direct: ``InferenceSession.run`` on the same model file and inputs in the client
+  process, alternating with the API requests (so both see the same machine load);
+  overhead = api - direct at the same percentile;
 * swap: the child sends binary requests back to back for the whole phase while this
   process activates new 50 MB versions (assemble + sha256 + load + smoke + warm-up +
   swap, ``--swaps`` times); requests that start inside an activation or in the second
@@ -55,6 +56,7 @@ from tests.helpers import key
 from tests.runtime.realmodel import frames, silero_onnx, speech_like, vad_inputs
 
 Inputs = dict[str, np.ndarray[Any, Any]]
+Record = tuple[float, float, int, bool]  # start (monotonic), latency, version, ok
 
 
 def pct(values: list[float], q: float) -> float:
@@ -80,22 +82,33 @@ def save_inputs(path: Path, inputs: Inputs) -> None:
 async def client_main(args: argparse.Namespace) -> None:
     with np.load(args.inputs) as z:
         inputs = {k: z[k] for k in z.files}
-    records: list[tuple[float, float, int, bool]] = []
+    # The baseline runs here, alternating with the API requests, so that both see the
+    # same machine load (other processes come and go on a shared machine).
+    session = new_session(Path(args.direct)) if args.direct else None
+    records: list[Record] = []
+    direct: list[float] = []
+    binary = args.mode == "binary"
     async with V2Client(args.host, args.port) as c:
         for _ in range(20):  # connection, allocator and cache warm-up
-            await c.infer(args.model, inputs, binary=args.mode == "binary")
+            await c.infer(args.model, inputs, binary=binary)
+            if session is not None:
+                session.run(None, inputs)
         end = time.monotonic() + args.duration
         n = 0
         while (args.count and n < args.count) or (not args.count and time.monotonic() < end):
+            if session is not None:
+                t0 = time.perf_counter()
+                session.run(None, inputs)
+                direct.append(time.perf_counter() - t0)
             t0 = time.monotonic()
             try:
-                version, _ = await c.infer(args.model, inputs, binary=args.mode == "binary")
+                version, _ = await c.infer(args.model, inputs, binary=binary)
                 ok = True
             except Exception:  # noqa: BLE001 -- counted as a failed request
                 version, ok = 0, False
             records.append((t0, time.monotonic() - t0, version, ok))
             n += 1
-    print(json.dumps(records))
+    print(json.dumps({"records": records, "direct": direct}))
 
 
 def run_client(
@@ -107,6 +120,7 @@ def run_client(
     *,
     count: int = 0,
     duration: float = 0,
+    direct: Path | None = None,
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -127,32 +141,21 @@ def run_client(
             str(count),
             "--duration",
             str(duration),
+            "--direct",
+            str(direct or ""),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
 
 
-async def collect(proc: subprocess.Popen[str]) -> list[tuple[float, float, int, bool]]:
+async def collect(proc: subprocess.Popen[str]) -> tuple[list[Record], list[float]]:
     out, _ = await trio.to_thread.run_sync(proc.communicate)
     if proc.returncode != 0:
         raise SystemExit(f"client failed with status {proc.returncode}")
-    return [(float(a), float(b), int(c), bool(d)) for a, b, c, d in json.loads(out)]
-
-
-# -- parent -------------------------------------------------------------------------------
-
-
-def direct(path: Path, inputs: Inputs, n: int) -> list[float]:
-    session = new_session(path)
-    for _ in range(20):
-        session.run(None, inputs)
-    lat = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        session.run(None, inputs)
-        lat.append(time.perf_counter() - t0)
-    return lat
+    doc = json.loads(out)
+    records = [(float(a), float(b), int(c), bool(d)) for a, b, c, d in doc["records"]]
+    return records, [float(x) for x in doc["direct"]]
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -205,15 +208,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             n = args.requests if name == "vad" else max(100, args.requests // 2)
             inp = work / f"{name}-inputs.npz"
             save_inputs(inp, inputs)
-            base = await trio.to_thread.run_sync(direct, path, inputs, n)
-            entry: dict[str, Any] = {"direct": summary(base)}
+            entry: dict[str, Any] = {}
             for mode in ("json", "binary"):
-                recs = await collect(run_client(host, port, name, inp, mode, count=n))
+                proc = run_client(host, port, name, inp, mode, count=n, direct=path)
+                recs, base = await collect(proc)
                 lat = [r[1] for r in recs if r[3]]
-                s = summary(lat)
+                d, s = summary(base), summary(lat)
                 s["errors"] = sum(1 for r in recs if not r[3])
-                s["p50_overhead_ms"] = round(s["p50_ms"] - entry["direct"]["p50_ms"], 3)
-                s["p99_overhead_ms"] = round(s["p99_ms"] - entry["direct"]["p99_ms"], 3)
+                s["direct_p50_ms"], s["direct_p99_ms"] = d["p50_ms"], d["p99_ms"]
+                s["p50_overhead_ms"] = round(s["p50_ms"] - d["p50_ms"], 3)
+                s["p99_overhead_ms"] = round(s["p99_ms"] - d["p99_ms"], 3)
                 entry[mode] = s
             result[name] = entry
 
@@ -229,7 +233,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             t1 = time.monotonic()
             windows.append((t0, t1))
             await trio.sleep(args.gap)
-        recs = await collect(proc)
+        recs, _ = await collect(proc)
         nursery.cancel_scope.cancel()
 
     first = windows[0][0]
@@ -273,6 +277,7 @@ def main() -> None:
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--duration", type=float, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--direct", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.client:
         trio.run(client_main, args)
@@ -282,7 +287,7 @@ def main() -> None:
         if name in result:
             r = result[name]
             print(
-                f"{name}: direct p50 {r['direct']['p50_ms']} ms; API overhead p50 json "
+                f"{name}: direct p50 {r['binary']['direct_p50_ms']} ms; API overhead p50 json "
                 f"{r['json']['p50_overhead_ms']} ms, binary {r['binary']['p50_overhead_ms']} ms",
                 file=sys.stderr,
             )

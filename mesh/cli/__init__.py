@@ -17,11 +17,11 @@ import sys
 
 import click
 
-from mesh.cli import demo, node, release, simulate
+from mesh.cli import demo, inference, node, release, simulate
 from mesh.cli._common import EXIT_FAILED, EXIT_USAGE, Failed, cli
 from mesh.errors import EdgemeshError
 
-__all__ = ["cli", "demo", "main", "node", "release", "simulate"]
+__all__ = ["cli", "demo", "inference", "main", "node", "release", "simulate"]
 
 
 def main(argv: list[str] | None = None) -> int:

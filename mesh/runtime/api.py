@@ -18,7 +18,6 @@ Non-goals: TLS, authentication, gRPC, the BYTES (string) tensor type.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 import numpy as np
+import orjson
 import trio
 
 from mesh import __version__
@@ -147,9 +147,16 @@ class Api:
                 headers = [*headers, ("content-length", str(len(payload)))]
                 if status >= 400 and conn.their_state is not h11.DONE:
                     headers.append(("connection", "close"))  # body not read: cannot reuse
-                await self._send(conn, stream, h11.Response(status_code=status, headers=headers))
-                await self._send(conn, stream, h11.Data(data=payload))
-                await self._send(conn, stream, h11.EndOfMessage())
+                # one write per response: head, body and end in a single send
+                await stream.send_all(
+                    b"".join(
+                        [
+                            conn.send(h11.Response(status_code=status, headers=headers)) or b"",
+                            conn.send(h11.Data(data=payload)) or b"",
+                            conn.send(h11.EndOfMessage()) or b"",
+                        ]
+                    )
+                )
                 if conn.their_state is not h11.DONE:
                     await _drain(stream)
                     return
@@ -195,12 +202,6 @@ class Api:
                     raise HttpError(413, f"request body is over the limit of {self.max_body} bytes")
                 parts.append(bytes(event.data))
 
-    @staticmethod
-    async def _send(conn: h11.Connection, stream: trio.SocketStream, event: h11.Event) -> None:
-        data = conn.send(event)
-        if data:
-            await stream.send_all(data)
-
     # -- routing ------------------------------------------------------------------------
 
     async def _dispatch(
@@ -208,7 +209,7 @@ class Api:
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         method = request.method.decode()
         path = request.target.decode("latin-1").split("?", 1)[0]
-        get = method in ("GET", "HEAD")
+        get = method == "GET"
         if path == "/v2/health/live" and get:
             return _json(200, {"live": True})
         if path == "/v2/health/ready" and get:
@@ -376,8 +377,22 @@ async def _drain(stream: trio.SocketStream) -> None:
             pass
 
 
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON with numpy arrays written natively by orjson (ADR 0004: ~15x faster than
+    ``json`` + ``tolist()`` for tensors, and float32 values in their shortest form)."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=_default)
+
+
 def _json(status: int, obj: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-    return status, [("content-type", "application/json")], json.dumps(obj).encode()
+    return status, [("content-type", "application/json")], dumps(obj)
 
 
 def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -407,8 +422,8 @@ def _split(body: bytes, header_len: bytes | None) -> tuple[Any, bytes]:
             )
         json_part, binary = body[:n], body[n:]
     try:
-        return json.loads(json_part), binary
-    except (ValueError, RecursionError) as e:
+        return orjson.loads(json_part), binary
+    except orjson.JSONDecodeError as e:
         raise HttpError(400, f"malformed JSON request: {e}") from None
 
 
@@ -502,12 +517,12 @@ def _encode_outputs(
             item["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            item["data"] = arr.ravel().tolist()
+            item["data"] = arr.ravel()
         descr.append(item)
     doc: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": descr}
     if isinstance(req_id, str):
         doc["id"] = req_id
-    head = json.dumps(doc).encode()
+    head = dumps(doc)
     headers = [("edgemesh-model-version", str(version))]
     if not blobs:
         return 200, [("content-type", "application/json"), *headers], head

@@ -12,8 +12,12 @@ Rules:
   (``trio.to_thread``); the event loop only moves references.  The swap is one
   assignment in the event loop, so a request uses the session it started on until it
   finishes, and every request sees exactly one version.
-* What is loaded is what was verified: a single-file model is read once, hashed,
-  and the session is built from those bytes.
+* Activation work runs in its own thread at a lower CPU priority
+  (``BACKGROUND_NICE``): the serving path keeps its latency during a swap.
+* The assembled file is hashed again right before it is loaded (streamed, so the
+  GIL is free between blocks).  The session is built from the path, not from bytes in
+  memory: onnxruntime holds the GIL while it copies a bytes argument (measured
+  ~280 ms for 50 MB), which would stall the serving event loop.
 * Model problems never raise out of :meth:`InferenceService.offer`; they end in the
   ``failed`` state with a reason that :meth:`InferenceService.status` reports.
 * Smoke inputs: the first request a version served (kept per model, and saved to
@@ -28,10 +32,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -53,14 +58,14 @@ from mesh.ids import ReleaseId
 from mesh.runtime.onnx import new_session
 from mesh.store.fs import FsStore
 
+T = TypeVar("T")
 ACTIVE_FORMAT = 1
 #: Runs after the smoke inference before a version goes live: the first runs of a
 #: session allocate arenas and pick kernels; three is enough for a CPU session.
 WARMUP_RUNS = 3
-#: Single-file models up to this size are read into memory, hashed and loaded from
-#: those bytes (verified == loaded); bigger ones are hashed, then loaded from disk.
-LOAD_FROM_BYTES_MAX = 1 << 30
-_HASH_BLOCK = 4 << 20
+#: Added to the nice value of the threads that assemble, hash, load and smoke-test a
+#: new version, so that on a small device activation yields the CPU to serving.
+BACKGROUND_NICE = 10
 
 
 class UnknownModelError(LocalProtocolError):
@@ -211,16 +216,16 @@ class InferenceService:
     ) -> None:
         manifest: Manifest | None = None
         session: ort.InferenceSession | None = None
+        bg = trio.to_thread.run_sync
         while step is not Step.NONE:
             event, reason = _DONE[step], ""
             try:
                 if step is Step.ASSEMBLE:
                     manifest = self.store.get_release(rid).manifest
-                    model_bytes = await trio.to_thread.run_sync(self._assemble, manifest)
+                    await bg(_niced, self._assemble, manifest)
                 elif step is Step.LOAD:
                     assert manifest is not None
-                    session = await trio.to_thread.run_sync(self._load, manifest, model_bytes)
-                    del model_bytes
+                    session = await bg(_niced, self._load, manifest)
                 elif step is Step.CHECK:
                     assert manifest is not None
                     assert session is not None
@@ -233,7 +238,7 @@ class InferenceService:
                                 + "; ".join(problems)
                                 + " (publish with --breaking for an intentional change)"
                             )
-                    await trio.to_thread.run_sync(self._smoke, manifest, session)
+                    await bg(_niced, self._smoke, manifest, session)
                 else:
                     assert manifest is not None
                     assert session is not None
@@ -256,22 +261,15 @@ class InferenceService:
         )
         self.swaps[manifest.model] = self.swaps.get(manifest.model, 0) + 1
 
-    def _assemble(self, manifest: Manifest) -> bytes | None:
+    def _assemble(self, manifest: Manifest) -> None:
         """Assemble (temp file, fsync, rename: the store), then re-hash what is on disk."""
         rid = manifest.release_id
         self.store.assemble(rid)
-        data: bytes | None = None
-        for i, entry in enumerate(manifest.files):
+        for entry in manifest.files:
             path = self.store.assembled_path(rid, entry.path)
-            whole_in_memory = i == 0 and len(manifest.files) == 1
-            whole_in_memory = whole_in_memory and entry.size <= LOAD_FROM_BYTES_MAX
             try:
                 with open(path, "rb") as f:
-                    if whole_in_memory:
-                        data = f.read()
-                        digest = hashlib.sha256(data).digest()
-                    else:
-                        digest = hashlib.file_digest(f, "sha256").digest()
+                    digest = hashlib.file_digest(f, "sha256").digest()
             except OSError as e:
                 raise IntegrityError(f"cannot read assembled {entry.path}: {e.strerror}") from None
             if digest != entry.sha256:
@@ -279,11 +277,10 @@ class InferenceService:
                     f"assembled {entry.path} does not match its sha256 (changed on disk "
                     "after assembly); refused"
                 )
-        return data
 
-    def _load(self, manifest: Manifest, model_bytes: bytes | None) -> ort.InferenceSession:
+    def _load(self, manifest: Manifest) -> ort.InferenceSession:
         path = self.store.assembled_path(manifest.release_id, manifest.files[0].path)
-        session = new_session(path, threads=self.session_threads, model_bytes=model_bytes)
+        session = new_session(path, threads=self.session_threads)
         names = [i.name for i in session.get_inputs()]
         if names != [t.name for t in manifest.interface.inputs]:
             raise RolloutError(f"the loaded model's inputs {names} differ from its manifest")
@@ -331,10 +328,10 @@ class InferenceService:
             target = rollout.rollback_target()
             manifest = self.store.get_release(target).manifest
             try:
-                data = await trio.to_thread.run_sync(self._assemble, manifest)
-                session = await trio.to_thread.run_sync(self._load, manifest, data)
-                del data
-                await trio.to_thread.run_sync(self._smoke, manifest, session)
+                bg = trio.to_thread.run_sync
+                await bg(_niced, self._assemble, manifest)
+                session = await bg(_niced, self._load, manifest)
+                await bg(_niced, self._smoke, manifest, session)
             except EdgemeshError as e:
                 rollout.handle(target, Input.FAILED, f"rollback: {e}")
                 raise RolloutError(
@@ -421,6 +418,33 @@ class InferenceService:
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {m: r.status() for m, r in sorted(self._rollouts.items())}
+
+
+def _niced(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` in a fresh thread whose nice value is ``BACKGROUND_NICE`` higher
+    (on Linux the nice value is per thread; a fresh thread so no pooled worker that later
+    serves requests is left slowed down)."""
+    out: list[T] = []
+    err: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            tid = threading.get_native_id()
+            nice = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + BACKGROUND_NICE))
+        except OSError:
+            pass  # not permitted or not supported: run at normal priority
+        try:
+            out.append(fn(*args))
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread
+            err.append(e)
+
+    thread = threading.Thread(target=target, name="edgemesh-activation", daemon=True)
+    thread.start()
+    thread.join()
+    if err:
+        raise err[0]
+    return out[0]
 
 
 _DONE = {

@@ -19,21 +19,14 @@ from mesh.errors import ModelFormatError
 LOAD_CHECK_MAX_BYTES = 512 * 1024 * 1024
 
 
-def new_session(
-    path: Path, *, threads: int = 1, model_bytes: bytes | None = None
-) -> ort.InferenceSession:
-    """A CPU session for the model at ``path``; with ``model_bytes`` (that file's
-    contents, already verified by the caller) the session is built from those bytes, so
-    what is loaded is exactly what was checked."""
+def new_session(path: Path, *, threads: int = 1) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: onnxruntime warnings are not user-facing
     try:
         return ort.InferenceSession(
-            str(path) if model_bytes is None else model_bytes,
-            sess_options=opts,
-            providers=["CPUExecutionProvider"],
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
     except Exception as e:  # noqa: BLE001 -- onnxruntime raises many unrelated types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import h11
 import numpy as np
+import orjson
 import trio
 
 from mesh.errors import ConfigError, EdgemeshError
@@ -65,6 +66,12 @@ def parse_api(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port
 
 
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()  # a dtype or layout orjson does not take natively
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
 def encode_infer(
     inputs: dict[str, np.ndarray[Any, Any]], *, binary: bool
 ) -> tuple[bytes, list[tuple[str, str]]]:
@@ -82,12 +89,12 @@ def encode_infer(
             item["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            item["data"] = arr.ravel().tolist()
+            item["data"] = arr.ravel()
         items.append(item)
     doc: dict[str, Any] = {"inputs": items}
     if binary:
         doc["parameters"] = {"binary_data_output": True}
-    head = json.dumps(doc).encode()
+    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY, default=_default)
     headers = [("content-type", "application/json")]
     if binary:
         headers = [
@@ -101,7 +108,7 @@ def decode_infer(reply: Reply) -> tuple[int, dict[str, np.ndarray[Any, Any]]]:
     """(model version, outputs) of a successful infer reply."""
     n = reply.headers.get("inference-header-content-length")
     head, binary = (reply.body, b"") if n is None else (reply.body[: int(n)], reply.body[int(n) :])
-    doc = json.loads(head)
+    doc = orjson.loads(head)
     out: dict[str, np.ndarray[Any, Any]] = {}
     offset = 0
     for o in doc["outputs"]:

@@ -162,7 +162,7 @@ async def test_malformed_json_and_binary_headers_are_400(node: Node, running: Ru
         (body[:-4], [("inference-header-content-length", str(n))], "binary data is truncated"),
         (body + b"xx", [("inference-header-content-length", str(n))], "belong to no input"),
         (
-            body[:n].replace(b'"binary_data_size": 32', b'"binary_data_size": 31') + body[n:],
+            body[:n].replace(b'"binary_data_size":32', b'"binary_data_size":31') + body[n:],
             [("inference-header-content-length", str(n))],
             "binary_data_size 31 does not match",
         ),

@@ -11,6 +11,7 @@ import pytest
 import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
@@ -24,7 +25,7 @@ from mesh.runtime.host import (
 )
 
 LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-PROTO = "/edgemesh-test/echo/1"
+PROTO = TProtocol("/edgemesh-test/echo/1")
 
 
 def test_identity_is_created_once_and_kept(tmp_path: Path) -> None:
@@ -37,13 +38,14 @@ def test_identity_is_created_once_and_kept(tmp_path: Path) -> None:
 def test_damaged_identity_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "id").mkdir()
     (tmp_path / "id" / "ed25519.seed").write_bytes(b"short")
-    with pytest.raises(ConfigError, match="damaged .* delete it"):
+    with pytest.raises(ConfigError, match=r"damaged .* delete it"):
         load_identity(tmp_path / "id")
 
 
 def test_listen_addresses_are_concrete() -> None:
     expanded = [str(a) for a in concrete_listen_addrs(["/ip4/0.0.0.0/tcp/4101"])]
-    assert expanded and all("0.0.0.0" not in a for a in expanded)
+    assert expanded
+    assert all("0.0.0.0" not in a for a in expanded)
     assert "/ip4/127.0.0.1/tcp/4101" in expanded
     with pytest.raises(ConfigError, match="not a /ip4/ADDR/tcp/PORT"):
         concrete_listen_addrs(["127.0.0.1:4101"])

@@ -125,7 +125,7 @@ async def _query(p: _Proc, model: str, width: int) -> str:
     async with V2Client(*api) as client:
         version, outputs = await client.infer(model, {"x": x})
     y = outputs["y"]
-    return f"v{version}: y[0,:2]=[{y[0, 0]:.3f} {y[0, 1]:.3f}]"
+    return f"v{version}, y{list(y.shape)}"
 
 
 @cli.command()
@@ -146,7 +146,7 @@ async def _query(p: _Proc, model: str, width: int) -> str:
 @click.option("--keep", is_flag=True, help="Keep the scratch directory (logs, stores).")
 def demo(nodes: int, size_mb: float, keep: bool) -> None:
     """A seed and three nodes on loopback: distribute, verify, activate, query."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 100)
     root = Path(tempfile.mkdtemp(prefix="edgemesh-demo-"))
     mesh = f"demo-{secrets.token_hex(3)}"
     procs: list[_Proc] = []
@@ -237,9 +237,9 @@ def _report(
     for col in (
         "node",
         "active at",
-        "from the seed",
+        "from seed",
         "from peers",
-        "uploaded to peers",
+        "to peers",
         "inference",
     ):
         table.add_column(col, justify="left" if col in ("node", "inference") else "right")

@@ -437,7 +437,16 @@ def seed(
         copies: set[str] = set()
         start = trio.current_time()
         while True:
-            copies.update(handle.driver.core.complete_peers(rid))
+            for peer in handle.driver.core.complete_peers(rid):
+                if peer not in copies:
+                    copies.add(peer)
+                    log.info(
+                        "copy %d%s: %s holds %s",
+                        len(copies),
+                        f"/{until_copies}" if until_copies else "",
+                        peer,
+                        m.describe(),
+                    )
             if until_copies is not None and len(copies) >= until_copies:
                 st = handle.status()
                 summary.update(
@@ -455,16 +464,7 @@ def seed(
                 return
             await trio.sleep(0.2)
 
-    _run(
-        lambda: _serve(
-            cfg,
-            dd,
-            dd.load_trust(),
-            seed=True,
-            announcements={rid: ann},
-            watch=watch if until_copies is not None else None,
-        )
-    )
+    _run(lambda: _serve(cfg, dd, dd.load_trust(), seed=True, announcements={rid: ann}, watch=watch))
     if summary:
         if as_json:
             _emit(summary)

@@ -294,8 +294,15 @@ class ChunkTransport:
                 header = encode_chunk_header(item.release_id, item.index, len(item.payload))
                 await link.data_out.write(header + item.payload)
             except Exception:  # noqa: BLE001 -- StreamClosed, StreamReset, ...
+                # The data stream broke (e.g. the peer replaced a duplicate link and
+                # reset it): this chunk is lost -- the requester times out and asks
+                # again -- but the link lives on; the next chunk opens a new stream.
+                # A dead connection ends the link through its control stream.
                 self._sent(link.peer, item.release_id, item.index, "peer gone")
-                raise _LinkEnded from None
+                broken, link.data_out = link.data_out, None
+                if broken is not None:
+                    await _reset(broken)
+                continue
             self._sent(link.peer, item.release_id, item.index, "")
 
 

@@ -40,6 +40,8 @@ log = logging.getLogger("edgemesh.node")
 
 #: Chunk writes (hash + write + fsync) run on this many threads at once.
 STORE_THREADS = 4
+#: How long the larger peer id of an mDNS pair waits for the other to dial first.
+DIAL_GRACE = 1.5
 
 
 class Transport(Protocol):
@@ -220,9 +222,19 @@ class Driver:
             )
 
     async def _dial(self, peer: str) -> None:
-        ok = self.transport is not None and await self.transport.dial(
-            peer, self.addresses.get(peer, [])
-        )
+        t = self.transport
+        if t is None:
+            return
+        if peer in self.mdns_peers and self.core.node_id > peer:
+            # Both ends found each other by mDNS at about the same time and both were
+            # told to dial: let the smaller peer id dial first, so that one connection
+            # (not two, one of them torn down again) carries the session.
+            with trio.move_on_after(DIAL_GRACE):
+                while peer not in t.peers():
+                    await trio.sleep(0.05)
+            if peer in t.peers():
+                return
+        ok = await t.dial(peer, self.addresses.get(peer, []))
         if not ok:
             self.feed(E.PeerDisconnected(peer))
 

@@ -247,30 +247,84 @@ async def _offer_verified(handle: Any, service: Any) -> None:
 
 
 async def _progress(handle: Any) -> None:
+    """A progress line per release being fetched, every PROGRESS_EVERY seconds."""
     last: dict[str, tuple[float, int]] = {}
     while True:
         await trio.sleep(PROGRESS_EVERY)
         st = handle.status()
+        now = time.monotonic()
         for model, m in st["models"].items():
             for r in m["releases"]:
-                if r["chunks_verified"] >= r["chunks_total"]:
+                key, done, total = r["release_id"], r["chunks_verified"], r["chunks_total"]
+                prev = last.get(key)
+                last[key] = (now, done)
+                if done >= total or prev is None:
                     continue
-                key = r["release_id"]
-                now = time.monotonic()
-                t0, c0 = last.get(key, (now, r["chunks_verified"]))
-                last[key] = (now, r["chunks_verified"])
-                rate = (r["chunks_verified"] - c0) / (now - t0) if now > t0 else 0.0
-                pct = 100 * r["chunks_verified"] / max(r["chunks_total"], 1)
+                rate = (done - prev[1]) / (now - prev[0]) if now > prev[0] else 0.0
                 log.info(
                     "fetching %s v%d: %d/%d chunks (%.0f%%), %.1f chunks/s, %d peers",
                     model,
                     r["version"],
-                    r["chunks_verified"],
-                    r["chunks_total"],
-                    pct,
+                    done,
+                    total,
+                    100 * done / max(total, 1),
                     rate,
                     len(st["peers"]),
                 )
+
+
+class SeedProgress:
+    """The seed's live view: bytes handed out (as a multiple of the model), peers,
+    upload rate, complete copies.  A progress bar on a terminal, else a log line
+    every PROGRESS_EVERY seconds while something changes."""
+
+    def __init__(self, model_bytes: int, what: str) -> None:
+        self.model_bytes = model_bytes
+        self._last = (time.monotonic(), 0)
+        self._rate = 0.0
+        self._logged = (0.0, -1)
+        self._bar: Any = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn(f"serving {what}"),
+                BarColumn(),
+                TextColumn("{task.fields[line]}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._task = self._bar.add_task("", total=model_bytes, line="")
+            self._bar.start()
+            self._retarget_log()  # log lines go above the bar, not through it
+
+    def update(self, st: dict[str, Any], copies: int) -> None:
+        now, up = time.monotonic(), int(st["bytes_uploaded"])
+        t0, up0 = self._last
+        if now - t0 >= 1.0:
+            self._rate = (up - up0) / (now - t0)
+            self._last = (now, up)
+        line = (
+            f"{up / self.model_bytes:.2f} x model uploaded, {len(st['peers'])} peers, "
+            f"{self._rate / 1e6:.1f} MB/s, {copies} complete copies"
+        )
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(up, self.model_bytes), line=line)
+        elif now - self._logged[0] >= PROGRESS_EVERY and up != self._logged[1]:
+            self._logged = (now, up)
+            log.info("seeding: %s", line)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._retarget_log()
+
+    @staticmethod
+    def _retarget_log() -> None:
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.StreamHandler):
+                h.setStream(sys.stderr)
 
 
 def _run(main: Callable[[], Awaitable[None]]) -> None:
@@ -436,7 +490,17 @@ def seed(
     async def watch(handle: Any) -> None:
         copies: set[str] = set()
         start = trio.current_time()
+        progress = SeedProgress(m.total_size, m.describe())
+        try:
+            await _watch_copies(handle, copies, start, progress)
+        finally:
+            progress.close()
+
+    async def _watch_copies(
+        handle: Any, copies: set[str], start: float, progress: SeedProgress
+    ) -> None:
         while True:
+            progress.update(handle.status(), len(copies))
             for peer in handle.driver.core.complete_peers(rid):
                 if peer not in copies:
                     copies.add(peer)

@@ -30,9 +30,16 @@ WAIT = 120.0
 
 
 class Node:
-    def __init__(self, name: str, root: Path, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        args: list[str],
+        env: dict[str, str],
+        data_dir: Path | None = None,
+    ) -> None:
         self.name = name
-        self.data_dir = root / name
+        self.data_dir = data_dir or root / name
         self.log = root / f"{name}.log"
         self.args = args
         self.env = env

@@ -203,17 +203,18 @@ class Cluster:
         self.nodes.append(node)
         return node
 
-    def join(self, name: str, *extra: str, mdns: bool = True) -> Node:
+    def join(self, name: str, *extra: str, mdns: bool = True, data_dir: Path | None = None) -> Node:
+        dd = data_dir or self.root / name
         args = [
             "join",
             "--data-dir",
-            str(self.root / name),
+            str(dd),
             "--trust",
             f"{self.key}.pub",
             *self.common(mdns=mdns),
             *extra,
         ]
-        node = Node(name, self.root, args, self.env)
+        node = Node(name, self.root, args, self.env, data_dir=dd)
         self.nodes.append(node)
         return node
 

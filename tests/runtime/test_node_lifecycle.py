@@ -66,7 +66,7 @@ async def test_two_nodes_exchange_a_release_over_mdns(tmp_path: Path) -> None:
         ).release
     rid = rel.manifest.release_id
     ann = Announcement.for_release(rel, signer).encode()
-    common = {"listen": ["/ip4/127.0.0.1/tcp/0"], "mdns_interfaces": ["127.0.0.1"]}
+    listen, mdns_if = ["/ip4/127.0.0.1/tcp/0"], ["127.0.0.1"]
     with trio.fail_after(60):
         async with (
             open_node(
@@ -75,12 +75,19 @@ async def test_two_nodes_exchange_a_release_over_mdns(tmp_path: Path) -> None:
                     trust,
                     NodeConfig(mesh=mesh, super_seed=True),
                     announcements={rid: ann},
-                    **common,
+                    listen=listen,
+                    mdns_interfaces=mdns_if,
                 )
-            ) as seed,  # type: ignore[arg-type]
+            ) as seed,
             open_node(
-                NodeSettings(DataDir(tmp_path / "n"), trust, NodeConfig(mesh=mesh), **common)
-            ) as node,  # type: ignore[arg-type]
+                NodeSettings(
+                    DataDir(tmp_path / "n"),
+                    trust,
+                    NodeConfig(mesh=mesh),
+                    listen=listen,
+                    mdns_interfaces=mdns_if,
+                )
+            ) as node,
         ):
             while True:
                 rels = node.status()["models"].get("m", {}).get("releases", [])

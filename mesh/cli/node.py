@@ -96,6 +96,22 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Local HTTP API address [default: 127.0.0.1:8470].",
         ),
         click.option("--mesh", "mesh_name", default=None, help="Mesh name [default: default]."),
+        click.option(
+            "--upload-limit",
+            "upload_limit",
+            type=click.FloatRange(min=0),
+            default=None,
+            metavar="MBIT",
+            help="Upload at most this many Mbit/s.",
+        ),
+        click.option(
+            "--download-limit",
+            "download_limit",
+            type=click.FloatRange(min=0),
+            default=None,
+            metavar="MBIT",
+            help="Download at most this many Mbit/s.",
+        ),
         data_dir_option,
         click.option(
             "--config",
@@ -119,6 +135,8 @@ def _settings(
     mdns_interfaces: tuple[str, ...],
     api: str | None,
     mesh_name: str | None,
+    upload_limit: float | None = None,
+    download_limit: float | None = None,
 ) -> tuple[NodeFileConfig, DataDir]:
     cfg = load_node_config(config) if config is not None else NodeFileConfig()
     if listen:
@@ -136,6 +154,10 @@ def _settings(
             cfg.api = api
     if mesh_name is not None:
         cfg.mesh = mesh_name
+    if upload_limit is not None:
+        cfg.upload_limit_mbit = upload_limit
+    if download_limit is not None:
+        cfg.download_limit_mbit = download_limit
     dd = _data_dir(data_dir if data_dir is not None else cfg.data_dir)
     running = dd.running_node()
     if running is not None:
@@ -362,11 +384,24 @@ def join(
     mdns_interfaces: tuple[str, ...],
     api: str | None,
     mesh_name: str | None,
+    upload_limit: float | None,
+    download_limit: float | None,
     trust: tuple[str, ...],
     log_level: str | None,
 ) -> None:
     """Run a node: find peers, fetch, verify and activate every trusted release."""
-    cfg, dd = _settings(config, data_dir, listen, peers, no_mdns, mdns_interfaces, api, mesh_name)
+    cfg, dd = _settings(
+        config,
+        data_dir,
+        listen,
+        peers,
+        no_mdns,
+        mdns_interfaces,
+        api,
+        mesh_name,
+        upload_limit,
+        download_limit,
+    )
     trust_store = _trust(dd, [*cfg.trust, *trust])
     if not trust_store.keys():
         raise ConfigError(
@@ -465,12 +500,25 @@ def seed(
     mdns_interfaces: tuple[str, ...],
     api: str | None,
     mesh_name: str | None,
+    upload_limit: float | None,
+    download_limit: float | None,
     until_copies: int | None,
     as_json: bool,
     log_level: str | None,
 ) -> None:
     """Publish MODEL.onnx (or reuse that published version) and serve it to the mesh."""
-    cfg, dd = _settings(config, data_dir, listen, peers, no_mdns, mdns_interfaces, api, mesh_name)
+    cfg, dd = _settings(
+        config,
+        data_dir,
+        listen,
+        peers,
+        no_mdns,
+        mdns_interfaces,
+        api,
+        mesh_name,
+        upload_limit,
+        download_limit,
+    )
     key = PrivateKey.load(key_file)
     release, new = _publish_or_reuse(dd, model_file, model, version, key, cfg.mesh)
     dd.add_trusted(key.public_key, ("*",), label=f"publisher key {key_file.name}")

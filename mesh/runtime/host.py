@@ -7,6 +7,8 @@ Rules (DESIGN §3, notes/py-libp2p-0.8.1.md):
 * Security is Noise only: py-libp2p's defaults also accept ``/plaintext/2.0.0`` and
   secio, and a plaintext-only peer would connect and talk in cleartext.
 * Muxer is Yamux only (mplex is 7x slower and not needed); QUIC stays off.
+* py-libp2p's auto-connector (which dials every known peer to reach ~200
+  connections) is switched off: the core chooses its peers.
 * ``max_connections_per_peer=1``: otherwise ``connect()`` waits 250 ms and two
   dials between the same pair leave two connections.
 * Listen on concrete addresses: ``0.0.0.0`` would be advertised to peers, who cannot
@@ -112,9 +114,13 @@ def concrete_listen_addrs(addrs: list[str]) -> list[multiaddr.Multiaddr]:
     return out
 
 
+async def _no_auto_connect(nursery: trio.Nursery) -> None:
+    return None
+
+
 def _new_host(key_pair: KeyPair, psk: str | None) -> Any:
     noise = NoiseTransport(key_pair, noise_privkey=x25519_keypair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
         muxer_opt={TProtocol(YAMUX_ID): Yamux},
@@ -122,6 +128,12 @@ def _new_host(key_pair: KeyPair, psk: str | None) -> Any:
         enable_quic=False,
         psk=psk,
     )
+    # py-libp2p's connection manager dials every peer in its peerstore until it has
+    # ~200 connections.  Whom to connect to is the core's decision (max_peers), so the
+    # auto-connector never starts.
+    network: Any = host.get_network()
+    network.auto_connector.run_background_task = _no_auto_connect
+    return host
 
 
 @contextlib.asynccontextmanager

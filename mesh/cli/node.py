@@ -8,6 +8,7 @@ and resume from the verified chunks on disk after a restart or ``kill -9``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,23 +123,42 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="TOML config file (flags override it).",
         ),
     ]
+
+    @functools.wraps(f)
+    def packed(**kw: Any) -> Any:
+        node = NodeFlags(**{k: kw.pop(k) for k in NodeFlags.__dataclass_fields__})
+        return f(node=node, **kw)
+
     for o in reversed(opts):
-        f = o(f)
-    return f
+        packed = o(packed)
+    return packed
 
 
-def _settings(
-    config: Path | None,
-    data_dir: Path | None,
-    listen: tuple[str, ...],
-    peers: tuple[str, ...],
-    no_mdns: bool,
-    mdns_interfaces: tuple[str, ...],
-    api: str | None,
-    mesh_name: str | None,
-    upload_limit: float | None = None,
-    download_limit: float | None = None,
-) -> tuple[NodeFileConfig, DataDir]:
+@dataclass
+class NodeFlags:
+    """The flags ``join`` and ``seed`` share (see :func:`node_options`)."""
+
+    config: Path | None
+    data_dir: Path | None
+    listen: tuple[str, ...]
+    peers: tuple[str, ...]
+    no_mdns: bool
+    mdns_interfaces: tuple[str, ...]
+    api: str | None
+    mesh_name: str | None
+    upload_limit: float | None
+    download_limit: float | None
+
+
+def _settings(flags: NodeFlags) -> tuple[NodeFileConfig, DataDir]:
+    """Flags over the config file over defaults; refuses a data dir in use."""
+    config, listen, peers, api = flags.config, flags.listen, flags.peers, flags.api
+    no_mdns, mdns_interfaces, mesh_name = flags.no_mdns, flags.mdns_interfaces, flags.mesh_name
+    upload_limit, download_limit, data_dir = (
+        flags.upload_limit,
+        flags.download_limit,
+        flags.data_dir,
+    )
     cfg = load_node_config(config) if config is not None else NodeFileConfig()
     if listen:
         cfg.listen = list(listen)
@@ -375,33 +396,9 @@ def _run(main: Callable[[], Awaitable[None]]) -> None:
     default=None,
     help="Log detail [default: info].",
 )
-def join(
-    config: Path | None,
-    data_dir: Path | None,
-    listen: tuple[str, ...],
-    peers: tuple[str, ...],
-    no_mdns: bool,
-    mdns_interfaces: tuple[str, ...],
-    api: str | None,
-    mesh_name: str | None,
-    upload_limit: float | None,
-    download_limit: float | None,
-    trust: tuple[str, ...],
-    log_level: str | None,
-) -> None:
+def join(node: NodeFlags, trust: tuple[str, ...], log_level: str | None) -> None:
     """Run a node: find peers, fetch, verify and activate every trusted release."""
-    cfg, dd = _settings(
-        config,
-        data_dir,
-        listen,
-        peers,
-        no_mdns,
-        mdns_interfaces,
-        api,
-        mesh_name,
-        upload_limit,
-        download_limit,
-    )
+    cfg, dd = _settings(node)
     trust_store = _trust(dd, [*cfg.trust, *trust])
     if not trust_store.keys():
         raise ConfigError(
@@ -492,33 +489,13 @@ def seed(
     model: str,
     version: int,
     key_file: Path,
-    config: Path | None,
-    data_dir: Path | None,
-    listen: tuple[str, ...],
-    peers: tuple[str, ...],
-    no_mdns: bool,
-    mdns_interfaces: tuple[str, ...],
-    api: str | None,
-    mesh_name: str | None,
-    upload_limit: float | None,
-    download_limit: float | None,
+    node: NodeFlags,
     until_copies: int | None,
     as_json: bool,
     log_level: str | None,
 ) -> None:
     """Publish MODEL.onnx (or reuse that published version) and serve it to the mesh."""
-    cfg, dd = _settings(
-        config,
-        data_dir,
-        listen,
-        peers,
-        no_mdns,
-        mdns_interfaces,
-        api,
-        mesh_name,
-        upload_limit,
-        download_limit,
-    )
+    cfg, dd = _settings(node)
     key = PrivateKey.load(key_file)
     release, new = _publish_or_reuse(dd, model_file, model, version, key, cfg.mesh)
     dd.add_trusted(key.public_key, ("*",), label=f"publisher key {key_file.name}")

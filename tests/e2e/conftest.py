@@ -219,6 +219,9 @@ class Cluster:
         return node
 
     def close(self) -> None:
+        for n in self.nodes:  # all at once, then wait for each
+            if n.proc is not None and n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGTERM)
         for n in self.nodes:
             n.stop()
 

@@ -64,10 +64,13 @@ def test_mdns_late_joiner_and_forged_announcement(cluster: Cluster) -> None:
     rogue_key = cluster.root / "rogue.key"
     cluster.run("keygen", "--out", str(rogue_key))
     rogue_model = cluster.model("rogue.onnx", size_mb=1, seed=7)
-    rogue = cluster.seed(rogue_model, name="rogue", version=2, key=rogue_key)
-    rogue.wait_for("gossip peers", lambda st: st.get("gossip_peers", 0) >= 2)
-    rogue.wait_for("chunk peers", lambda st: len(st["peers"]) >= 2)
-    time.sleep(3)  # several gossip heartbeats and hello exchanges
+    fast = cluster.root / "rogue.toml"
+    fast.write_text("[node]\nreannounce_interval = 1.0\n")  # gossips it every second
+    rogue = cluster.seed(rogue_model, "--config", str(fast), name="rogue", version=2, key=rogue_key)
+    rogue.info()
+    for n in [*nodes, late]:  # every node hears of v2 (hello, gossip) and refuses it
+        n.wait_for("the forged release to be refused", lambda st: "release m v2" in n.text())
+    time.sleep(3)  # a few more re-announcements through gossip
     for n in [*nodes, late]:
         st = n.status()
         versions = [r["version"] for r in st["models"]["m"]["releases"]]

@@ -137,7 +137,9 @@ class ChunkTransport:
             except Exception:  # noqa: BLE001 -- libp2p raises many unrelated types
                 stream = None
         if stream is None:
-            return False
+            # the peer may have dialled us meanwhile and reset our losing stream: the
+            # link we adopted from it is the connection
+            return peer in self._links
         self._adopt(peer, stream, opener=self.me, outbound=True)
         return peer in self._links
 

@@ -58,7 +58,9 @@ def test_mdns_late_joiner_and_forged_announcement(cluster: Cluster) -> None:
     late = cluster.join("late")
     st = late.wait_verified("m")
     assert st["models"]["m"]["releases"][0]["release_id"] == seed.release("m")["release_id"]  # type: ignore[index]
-    assert "announced: m v1" not in late.text()  # learned from a peer's hello, not gossip
+    # No new announcement was made (the seed re-announces hourly here); the late joiner
+    # learned of v1 from its peers' hellos -- or from gossipsub's message cache, if it
+    # joined within a few heartbeats of the original announcement.
 
     # a rogue publisher: a key nobody trusts, a newer version of the same model
     rogue_key = cluster.root / "rogue.key"

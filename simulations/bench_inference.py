@@ -15,10 +15,11 @@ ratio or a difference against a baseline measured in the same run):
   process, alternating with the API requests (so both see the same machine load);
   overhead = api - direct at the same percentile;
 * swap: the child sends binary requests back to back for the whole phase while this
-  process activates new 50 MB versions (assemble + sha256 + load + smoke + warm-up +
-  swap, ``--swaps`` times); requests that start inside an activation or in the second
-  after it are "swap" requests, the ones in the quiet seconds before the first
-  activation are "steady" requests.  Reported: errors, p99 swap / p99 steady.
+  process alternates ``--steady`` quiet seconds and the activation of a new 50 MB
+  version (assemble + sha256 + load + smoke + warm-up + swap), ``--swaps`` times;
+  requests that start inside an activation or in the second after it are "swap"
+  requests, those in the quiet windows "steady" ones (alternating, so both see the
+  same mix of load from other processes).  Reported: errors, p99 swap / p99 steady.
 
 Models: silero-vad 6.2.3 (fetched from the package index into ~/.cache/edgemesh-tests,
 skipped with a note if unreachable) and an MLP from :mod:`mesh.modelgen`.
@@ -217,27 +218,34 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 s["errors"] = sum(1 for r in recs if not r[3])
                 s["direct_p50_ms"], s["direct_p99_ms"] = d["p50_ms"], d["p99_ms"]
                 s["p50_overhead_ms"] = round(s["p50_ms"] - d["p50_ms"], 3)
+                # each API request ran right after a direct run: the median of the paired
+                # differences is robust to load that comes and goes during the phase
+                pairs = [r[1] - b for r, b in zip(recs, base, strict=True) if r[3]]
+                s["paired_median_overhead_ms"] = round(statistics.median(pairs) * 1e3, 3)
                 s["p99_overhead_ms"] = round(s["p99_ms"] - d["p99_ms"], 3)
                 entry[mode] = s
             result[name] = entry
 
         # swap under steady load
         inp = work / "mlp-inputs.npz"
-        total = args.steady + args.swaps * (args.gap + 4.0) + 2.0
+        # Steady and swap windows alternate (steady, swap, steady, swap, ...) so that
+        # both sample the same mix of machine load.
+        total = args.swaps * (args.steady + 1.0 + 6.0) + 2.0
         proc = run_client(host, port, "mlp", inp, "binary", duration=total)
-        await trio.sleep(1.0 + args.steady)  # client warm-up, then the steady window
-        windows = []
+        await trio.sleep(1.0)  # client warm-up
+        windows, quiet = [], []
         for rid in later:
+            s0 = time.monotonic()
+            await trio.sleep(args.steady)
+            quiet.append((s0, time.monotonic()))
             t0 = time.monotonic()
             await service.offer(rid)
-            t1 = time.monotonic()
-            windows.append((t0, t1))
-            await trio.sleep(args.gap)
+            windows.append((t0, time.monotonic()))
+            await trio.sleep(1.0)  # the new version's first second counts as "swap"
         recs, _ = await collect(proc)
         nursery.cancel_scope.cancel()
 
-    first = windows[0][0]
-    steady = [r for r in recs if first - args.steady <= r[0] < first]
+    steady = [r for r in recs if any(a <= r[0] < b for a, b in quiet)]
     during = [r for r in recs if any(a <= r[0] < b + 1.0 for a, b in windows)]
     versions = [r[2] for r in recs if r[3]]
     back = sum(1 for a, b in itertools.pairwise(versions) if b < a)
@@ -266,9 +274,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=400, help="requests per latency phase")
     p.add_argument("--mb", type=int, default=50, help="size of the generated MLP (MiB)")
-    p.add_argument("--swaps", type=int, default=3, help="activations during the load phase")
-    p.add_argument("--steady", type=float, default=6.0, help="seconds of steady load measured")
-    p.add_argument("--gap", type=float, default=3.0, help="seconds between activations")
+    p.add_argument("--swaps", type=int, default=4, help="activations during the load phase")
+    p.add_argument("--steady", type=float, default=3.0, help="quiet seconds before each swap")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--host", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -287,8 +294,11 @@ def main() -> None:
         if name in result:
             r = result[name]
             print(
-                f"{name}: direct p50 {r['binary']['direct_p50_ms']} ms; API overhead p50 json "
-                f"{r['json']['p50_overhead_ms']} ms, binary {r['binary']['p50_overhead_ms']} ms",
+                f"{name}: direct p50 {r['binary']['direct_p50_ms']} ms; API overhead p50 "
+                f"json {r['json']['p50_overhead_ms']} ms (paired median "
+                f"{r['json']['paired_median_overhead_ms']}), binary "
+                f"{r['binary']['p50_overhead_ms']} ms (paired median "
+                f"{r['binary']['paired_median_overhead_ms']})",
                 file=sys.stderr,
             )
     sw = result["swap"]

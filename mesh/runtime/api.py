@@ -188,6 +188,10 @@ class Api:
                 413,
                 f"request body of {int(length)} bytes is over the limit of {self.max_body} bytes",
             )
+        if conn.they_are_waiting_for_100_continue:  # curl does this for bodies > 1 KiB
+            await stream.send_all(
+                conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+            )
         parts: list[bytes] = []
         size = 0
         while True:

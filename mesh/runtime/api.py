@@ -18,6 +18,7 @@ Non-goals: TLS, authentication, gRPC, the BYTES (string) tensor type.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -68,6 +69,7 @@ DATATYPE_OF = {v: k for k, v in DATATYPES.items()}
 if TYPE_CHECKING:  # trio's own TaskStatus; the installed trio-typing stubs name it here
     from trio_typing import TaskStatus
 
+log = logging.getLogger(__name__)
 _ROUTE = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
 _ROLLBACK = re.compile(r"/edgemesh/models/([^/]+)/rollback")
 
@@ -140,6 +142,11 @@ class Api:
                     status, headers, payload = _error(e.status, str(e))
                 except h11.RemoteProtocolError as e:
                     status, headers, payload = _error(e.error_status_hint, f"bad request: {e}")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise
+                except Exception as e:  # a bug: answer 500, keep the node and the API up
+                    log.exception("API request failed")
+                    status, headers, payload = _error(500, f"internal error: {type(e).__name__}")
                 if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
                     return
                 self.metrics.http_requests += 1
@@ -446,7 +453,8 @@ def _parse_infer(
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise HttpError(400, f"inputs[{i}] must be an object with a 'name'")
         name = t["name"]
-        dtype = DATATYPES.get(t.get("datatype"))  # type: ignore[arg-type]
+        datatype = t.get("datatype")
+        dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
         if dtype is None:
             raise HttpError(400, f"input {name!r}: unsupported datatype {t.get('datatype')!r}")
         shape = t.get("shape")

@@ -360,3 +360,21 @@ async def test_chunked_request_bodies_are_read_and_limited(
     reply = await send_chunked(big)
     assert reply.startswith(b"HTTP/1.1 413 ")
     assert b"over the limit of 4096 bytes" in reply
+
+
+async def test_a_bug_in_a_handler_is_a_500_and_the_api_lives_on(
+    node: Node, running: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await activate(node, running, 1)
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    async with running.client() as c:
+        with monkeypatch.context() as m:
+            m.setattr(running.service, "infer", broken)
+            reply = await post_json(c, "/v2/models/m/infer", infer_doc())
+        assert reply.status == 500
+        assert reply.json() == {"error": "internal error: RuntimeError"}
+        assert "API request failed" in caplog.text
+        assert (await c.infer("m", {"x": X}))[0] == 1

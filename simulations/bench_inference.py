@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -163,7 +164,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     dd = DataDir(work / "data")
     store = dd.open_store()
-    result: dict[str, Any] = {"requests": args.requests, "mlp_mb": args.mb}
+    # the 1-minute load average, before and after: other processes share this machine
+    result: dict[str, Any] = {
+        "requests": args.requests,
+        "mlp_mb": args.mb,
+        "loadavg_before": round(os.getloadavg()[0], 2),
+    }
 
     def pub(path: Path, model: str, version: int) -> Any:
         return publish(
@@ -262,6 +268,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "during_swap": {"n": len(during), **summary([r[1] for r in during])},
         "p99_ratio": round(d_p99 / s_p99, 3),
     }
+    result["loadavg_after"] = round(os.getloadavg()[0], 2)
     await service.aclose()
     store.close()
     for p in sorted(work.rglob("*"), reverse=True):

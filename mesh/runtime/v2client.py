@@ -173,7 +173,10 @@ class V2Client:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(1 << 20))
+                    data = await stream.receive_some(1 << 20)
+                    if not data:
+                        raise ApiError("the API closed the connection without an answer")
+                    conn.receive_data(data)
                 elif isinstance(event, h11.Response):
                     response = event
                 elif isinstance(event, h11.Data):

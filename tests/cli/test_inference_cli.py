@@ -3,6 +3,7 @@ process (the stand-in ``tests.runtime.serve_node`` until ``edgemesh join`` exist
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -165,7 +166,15 @@ def test_offline_rollback_is_used_by_the_next_start(
 
 
 def _api(data: Path) -> str:
-    import json
-
     url: str = json.loads((data / "node.json").read_text())["api"]
     return url
+
+
+def test_a_node_without_api_is_not_changed_behind_its_back(
+    run: Run, published: Path, x_file: Path
+) -> None:
+    (published / "node.json").write_text(json.dumps({"pid": os.getpid(), "peer_id": "x"}))
+    for args in (("rollback", "cam"), ("infer", "cam", "--input", f"x={x_file}")):
+        res = run(*args, "--data-dir", published)
+        assert res.returncode == 1
+        assert "has no local API; restart it with --api HOST:PORT" in res.error_line

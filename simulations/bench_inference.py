@@ -14,6 +14,9 @@ ratio or a difference against a baseline measured in the same run):
 * direct: ``InferenceSession.run`` on the same model file and inputs in the client
   process, alternating with the API requests (so both see the same machine load);
   overhead = api - direct at the same percentile;
+* cpu overhead: the CPU time the API path costs per request (client + server, minus
+  the inference's own CPU time), which depends far less on other processes than the
+  wall-clock figures do;
 * swap: the child sends binary requests back to back for the whole phase while this
   process alternates ``--steady`` quiet seconds and the activation of a new 50 MB
   version (assemble + sha256 + load + smoke + warm-up + swap), ``--swaps`` times;
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -97,11 +101,13 @@ async def client_main(args: argparse.Namespace) -> None:
                 session.run(None, inputs)
         end = time.monotonic() + args.duration
         n = 0
+        cpu0, direct_cpu = cpu_seconds(), 0.0
         while (args.count and n < args.count) or (not args.count and time.monotonic() < end):
             if session is not None:
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 session.run(None, inputs)
                 direct.append(time.perf_counter() - t0)
+                direct_cpu += time.thread_time() - c0
             t0 = time.monotonic()
             try:
                 version, _ = await c.infer(args.model, inputs, binary=binary)
@@ -110,7 +116,9 @@ async def client_main(args: argparse.Namespace) -> None:
                 version, ok = 0, False
             records.append((t0, time.monotonic() - t0, version, ok))
             n += 1
-    print(json.dumps({"records": records, "direct": direct}))
+        client_cpu = cpu_seconds() - cpu0 - direct_cpu
+    out = {"records": records, "direct": direct, "direct_cpu": direct_cpu, "client_cpu": client_cpu}
+    print(json.dumps(out))
 
 
 def run_client(
@@ -151,13 +159,19 @@ def run_client(
     )
 
 
-async def collect(proc: subprocess.Popen[str]) -> tuple[list[Record], list[float]]:
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process so far, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def collect(proc: subprocess.Popen[str]) -> tuple[list[Record], list[float], dict[str, Any]]:
     out, _ = await trio.to_thread.run_sync(proc.communicate)
     if proc.returncode != 0:
         raise SystemExit(f"client failed with status {proc.returncode}")
     doc = json.loads(out)
     records = [(float(a), float(b), int(c), bool(d)) for a, b, c, d in doc["records"]]
-    return records, [float(x) for x in doc["direct"]]
+    return records, [float(x) for x in doc["direct"]], doc
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,8 +231,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             save_inputs(inp, inputs)
             entry: dict[str, Any] = {}
             for mode in ("json", "binary"):
+                server_cpu0 = cpu_seconds()
                 proc = run_client(host, port, name, inp, mode, count=n, direct=path)
-                recs, base = await collect(proc)
+                recs, base, doc = await collect(proc)
+                server_cpu = cpu_seconds() - server_cpu0
                 lat = [r[1] for r in recs if r[3]]
                 d, s = summary(base), summary(lat)
                 s["errors"] = sum(1 for r in recs if not r[3])
@@ -229,6 +245,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 pairs = [r[1] - b for r, b in zip(recs, base, strict=True) if r[3]]
                 s["paired_median_overhead_ms"] = round(statistics.median(pairs) * 1e3, 3)
                 s["p99_overhead_ms"] = round(s["p99_ms"] - d["p99_ms"], 3)
+                # CPU time is far less sensitive to other processes than wall time: the
+                # API's cost = client CPU (without its direct runs) + server CPU (20
+                # warm-up requests included) - the inference itself (a direct run's CPU)
+                direct_cpu = doc["direct_cpu"] / n
+                api_cpu = doc["client_cpu"] / n + server_cpu / (n + 20) - direct_cpu
+                s["direct_cpu_ms"] = round(direct_cpu * 1e3, 3)
+                s["cpu_overhead_ms"] = round(api_cpu * 1e3, 3)
                 entry[mode] = s
             result[name] = entry
 
@@ -248,7 +271,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await service.offer(rid)
             windows.append((t0, time.monotonic()))
             await trio.sleep(1.0)  # the new version's first second counts as "swap"
-        recs, _ = await collect(proc)
+        recs, _, _ = await collect(proc)
         nursery.cancel_scope.cancel()
 
     steady = [r for r in recs if any(a <= r[0] < b for a, b in quiet)]
@@ -300,12 +323,12 @@ def main() -> None:
     for name in ("vad", "mlp"):
         if name in result:
             r = result[name]
+            j, b = r["json"], r["binary"]
             print(
-                f"{name}: direct p50 {r['binary']['direct_p50_ms']} ms; API overhead p50 "
-                f"json {r['json']['p50_overhead_ms']} ms (paired median "
-                f"{r['json']['paired_median_overhead_ms']}), binary "
-                f"{r['binary']['p50_overhead_ms']} ms (paired median "
-                f"{r['binary']['paired_median_overhead_ms']})",
+                f"{name}: direct p50 {b['direct_p50_ms']} ms; API overhead p50 json "
+                f"{j['p50_overhead_ms']} ms (paired {j['paired_median_overhead_ms']}, cpu "
+                f"{j['cpu_overhead_ms']}), binary {b['p50_overhead_ms']} ms (paired "
+                f"{b['paired_median_overhead_ms']}, cpu {b['cpu_overhead_ms']})",
                 file=sys.stderr,
             )
     sw = result["swap"]

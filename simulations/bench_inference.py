@@ -54,6 +54,7 @@ from mesh.core.manifest import DEFAULT_CHUNK_SIZE, MIN_CREATED
 from mesh.datadir import DataDir
 from mesh.modelgen import write_example_model
 from mesh.publish import publish
+from mesh.runtime import inference
 from mesh.runtime.api import serve_api
 from mesh.runtime.inference import InferenceService
 from mesh.runtime.onnx import new_session
@@ -183,6 +184,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "requests": args.requests,
         "mlp_mb": args.mb,
         "loadavg_before": round(os.getloadavg()[0], 2),
+        "inline_run_max_ms": inference.INLINE_RUN_MAX * 1e3,
     }
 
     def pub(path: Path, model: str, version: int) -> Any:
@@ -306,6 +308,12 @@ def main() -> None:
     p.add_argument("--mb", type=int, default=50, help="size of the generated MLP (MiB)")
     p.add_argument("--swaps", type=int, default=4, help="activations during the load phase")
     p.add_argument("--steady", type=float, default=3.0, help="quiet seconds before each swap")
+    p.add_argument(
+        "--inline-max-ms",
+        type=float,
+        default=None,
+        help="override INLINE_RUN_MAX (runs shorter than this run in the event loop; 0: never)",
+    )
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--host", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -319,6 +327,8 @@ def main() -> None:
     if args.client:
         trio.run(client_main, args)
         return
+    if args.inline_max_ms is not None:
+        inference.INLINE_RUN_MAX = args.inline_max_ms / 1e3
     result = trio.run(bench, args)
     for name in ("vad", "mlp"):
         if name in result:

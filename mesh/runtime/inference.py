@@ -450,6 +450,15 @@ class InferenceService:
 
     # -- status -----------------------------------------------------------------------
 
+    def pinned(self) -> set[ReleaseId]:
+        """Releases garbage collection must keep: every active and standby (rollback
+        target) release, whatever their versions -- pass to ``store.gc(pinned=...)``."""
+        return {
+            rid
+            for r in self._rollouts.values()
+            for rid in ([r.active] if r.active is not None else []) + r.previous
+        }
+
     def status(self) -> dict[str, dict[str, Any]]:
         return {m: r.status() for m, r in sorted(self._rollouts.items())}
 
@@ -528,6 +537,17 @@ def write_active(path: Path, models: dict[str, Any]) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path}: {e.strerror}") from None
+
+
+def pinned_releases(data_dir: DataDir) -> set[ReleaseId]:
+    """The active and previous releases recorded in ``active.json`` (for ``gc`` while no
+    node runs); a damaged file is an error, so nothing is collected blindly."""
+    out: set[ReleaseId] = set()
+    for model, raw in read_active(data_dir.root / "active.json").items():
+        r = ModelRollout.from_json(model, raw)
+        out.update(r.pending())  # the persisted active release
+        out.update(r.previous)
+    return out
 
 
 def rollback_persisted(data_dir: DataDir, model: str) -> int:

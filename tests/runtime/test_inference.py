@@ -24,6 +24,7 @@ from mesh.runtime.inference import (
     InferenceFailedError,
     InferenceService,
     UnknownModelError,
+    pinned_releases,
     rollback_persisted,
 )
 from tests.runtime import models
@@ -343,3 +344,17 @@ async def test_in_flight_request_finishes_on_the_version_it_started_on(node: Nod
         assert results == []
         held.release.set()
     assert results == [(1, 1.0)]  # the held request finished on v1
+
+
+async def test_pinned_releases_are_the_active_and_rollback_targets(node: Node) -> None:
+    svc = service(node)
+    await svc.start()
+    rids = [node.publish_onnx(models.scale(float(v)), "m", v) for v in (1, 2, 3)]
+    bad = node.publish_onnx(models.unloadable(), "m", 4)
+    for rid in [*rids, bad]:
+        await svc.offer(rid)
+    assert svc.pinned() == set(rids)
+    node.store.gc(keep=2, pinned=svc.pinned())  # keep=2 alone would drop v1 and v2
+    assert {i.version for i in node.store.releases("m")} == {1, 2, 3, 4}
+    await svc.aclose()
+    assert pinned_releases(node.data_dir) == set(rids)

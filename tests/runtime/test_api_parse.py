@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.runtime.api import HttpError, _parse_infer, _split
+from mesh.runtime.oip import HttpError, parse_infer_request, split_body
 from tests.helpers import FAST
 
 json_values: st.SearchStrategy[Any] = st.recursive(
@@ -50,8 +50,8 @@ json_values: st.SearchStrategy[Any] = st.recursive(
 def decode(body: bytes, header_len: bytes | None) -> None:
     error: HttpError | None = None
     try:
-        req, binary = _split(body, header_len)
-        inputs, _, _, _ = _parse_infer(req, binary)
+        req, binary = split_body(body, header_len)
+        inputs, _, _, _ = parse_infer_request(req, binary)
     except HttpError as e:
         error = e
     if error is not None:
@@ -89,5 +89,5 @@ def test_any_bytes(body: bytes, header_len: bytes | None) -> None:
 )
 def test_hostile_inputs_are_400(item: dict[str, Any]) -> None:
     with pytest.raises(HttpError) as e:
-        _parse_infer({"inputs": [item]}, b"")
+        parse_infer_request({"inputs": [item]}, b"")
     assert e.value.status == 400

@@ -15,7 +15,7 @@ import numpy as np
 import trio
 
 from mesh.cli._common import _data_dir, _emit, _fail, cli, data_dir_option, json_option
-from mesh.runtime.inference import rollback_persisted
+from mesh.runtime.activefile import rollback_persisted
 from mesh.runtime.v2client import ApiError, V2Client, error_message, parse_api
 
 _PRINT_VALUES = 16  # values shown per output without --json

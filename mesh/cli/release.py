@@ -24,7 +24,7 @@ from mesh.datadir import DataDir, parse_patterns, trusted_key_from_spec
 from mesh.errors import TrustError
 from mesh.modelgen import write_example_model
 from mesh.publish import publish as publish_release
-from mesh.runtime.inference import pinned_releases
+from mesh.runtime.activefile import pinned_releases
 from mesh.store.fs import FsStore
 
 # -- keys ---

@@ -4,7 +4,7 @@ What it owns: for each model, the serving slot (the active version's onnxruntime
 session), the steps the rollout table (:mod:`mesh.core.rollout`) asks for --
 assemble from verified chunks, re-hash the assembled file, build the session off the
 serving path, check I/O compatibility, smoke inference and warm-up, swap -- and the
-persisted active versions (``DATA_DIR/active.json``, rewritten atomically).
+persisted active versions (``DATA_DIR/active.json``, via :mod:`mesh.runtime.activefile`).
 
 Rules:
 * Decisions are the core's: this module performs a step and reports its outcome.
@@ -30,7 +30,6 @@ Non-goals: HTTP (:mod:`mesh.runtime.api`), fetching, choosing what to offer.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import threading
@@ -44,7 +43,7 @@ import numpy as np
 import onnxruntime as ort
 import trio
 
-from mesh.core.manifest import Manifest, ModelInterface, TensorSpec
+from mesh.core.manifest import Manifest, ModelInterface
 from mesh.core.rollout import (
     HealthRule,
     Input,
@@ -52,16 +51,15 @@ from mesh.core.rollout import (
     RolloutError,
     Step,
     interface_problems,
-    offline_rollback,
 )
 from mesh.datadir import DataDir
 from mesh.errors import ConfigError, EdgemeshError, IntegrityError, LocalProtocolError
 from mesh.ids import ReleaseId
+from mesh.runtime.activefile import active_file, read_active, write_active
 from mesh.runtime.onnx import new_session
 from mesh.store.fs import FsStore
 
 T = TypeVar("T")
-ACTIVE_FORMAT = 1
 #: Runs after the smoke inference before a version goes live: the first runs of a
 #: session allocate arenas and pick kernels; three is enough for a CPU session.
 WARMUP_RUNS = 3
@@ -197,7 +195,7 @@ class InferenceService:
 
     @property
     def active_file(self) -> Path:
-        return self.data_dir.root / "active.json"
+        return active_file(self.data_dir)
 
     def _samples_file(self, model: str) -> Path:
         return self.data_dir.root / "samples" / f"{model}.npz"
@@ -496,74 +494,3 @@ _DONE = {
     Step.CHECK: Input.CHECKED,
     Step.SWAP: Input.SWAPPED,
 }
-
-
-# -- DATA_DIR/active.json ------------------------------------------------------------------
-
-
-def read_active(path: Path) -> dict[str, Any]:
-    """The persisted rollouts by model ({} when there is no file); a damaged file is an
-    error, never silently empty (that would undo a rollback)."""
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} is unreadable: {e}; fix or remove it") from None
-    if not isinstance(raw, dict) or raw.get("format") != ACTIVE_FORMAT:
-        raise ConfigError(f"{path} has an unknown format; fix or remove it")
-    models = raw.get("models")
-    if not isinstance(models, dict):
-        raise ConfigError(f"{path}: 'models' must be an object")
-    return models
-
-
-def write_active(path: Path, models: dict[str, Any]) -> None:
-    """Atomically replace ``active.json`` (temp file, fsync, rename, fsync the dir)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps({"format": ACTIVE_FORMAT, "models": models}, indent=2, sort_keys=True)
-    try:
-        with open(tmp, "w") as f:
-            f.write(data + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {e.strerror}") from None
-
-
-def pinned_releases(data_dir: DataDir) -> set[ReleaseId]:
-    """The active and previous releases recorded in ``active.json`` (for ``gc`` while no
-    node runs); a damaged file is an error, so nothing is collected blindly."""
-    out: set[ReleaseId] = set()
-    for model, raw in read_active(data_dir.root / "active.json").items():
-        r = ModelRollout.from_json(model, raw)
-        out.update(r.pending())  # the persisted active release
-        out.update(r.previous)
-    return out
-
-
-def rollback_persisted(data_dir: DataDir, model: str) -> int:
-    """Rollback for a node that is not running: the next start activates the previous
-    version.  Returns that version."""
-    path = data_dir.root / "active.json"
-    models = read_active(path)
-    if model not in models:
-        raise RolloutError(f"model {model!r} has no active version recorded in {path}")
-    new, version = offline_rollback(models[model])
-    models[model] = new
-    write_active(path, models)
-    return version
-
-
-def spec_of(t: TensorSpec) -> dict[str, Any]:
-    """A tensor's name, type and shape as JSON (unknown dims: -1)."""
-    shape = [] if t.shape is None else [d if type(d) is int else -1 for d in t.shape]
-    return {"name": t.name, "elem_type": t.elem_type, "shape": shape}

@@ -19,13 +19,12 @@ import trio
 from onnx import TensorProto
 
 from mesh.core.rollout import RolloutError
+from mesh.runtime.activefile import pinned_releases, rollback_persisted
 from mesh.runtime.inference import (
     BadInputError,
     InferenceFailedError,
     InferenceService,
     UnknownModelError,
-    pinned_releases,
-    rollback_persisted,
 )
 from tests.runtime import models
 from tests.runtime.conftest import Node

@@ -14,11 +14,15 @@ ratio or a difference against a baseline measured in the same run):
 * direct: ``InferenceSession.run`` on the same model file and inputs in the client
   process, alternating with the API requests (so both see the same machine load);
   overhead = api - direct at the same percentile;
+* cpu overhead: the CPU time the API path costs per request (client + server, minus
+  the inference's own CPU time), which depends far less on other processes than the
+  wall-clock figures do;
 * swap: the child sends binary requests back to back for the whole phase while this
-  process activates new 50 MB versions (assemble + sha256 + load + smoke + warm-up +
-  swap, ``--swaps`` times); requests that start inside an activation or in the second
-  after it are "swap" requests, the ones in the quiet seconds before the first
-  activation are "steady" requests.  Reported: errors, p99 swap / p99 steady.
+  process alternates ``--steady`` quiet seconds and the activation of a new 50 MB
+  version (assemble + sha256 + load + smoke + warm-up + swap), ``--swaps`` times;
+  requests that start inside an activation or in the second after it are "swap"
+  requests, those in the quiet windows "steady" ones (alternating, so both see the
+  same mix of load from other processes).  Reported: errors, p99 swap / p99 steady.
 
 Models: silero-vad 6.2.3 (fetched from the package index into ~/.cache/edgemesh-tests,
 skipped with a note if unreachable) and an MLP from :mod:`mesh.modelgen`.
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +54,7 @@ from mesh.core.manifest import DEFAULT_CHUNK_SIZE, MIN_CREATED
 from mesh.datadir import DataDir
 from mesh.modelgen import write_example_model
 from mesh.publish import publish
+from mesh.runtime import inference
 from mesh.runtime.api import serve_api
 from mesh.runtime.inference import InferenceService
 from mesh.runtime.onnx import new_session
@@ -95,11 +102,13 @@ async def client_main(args: argparse.Namespace) -> None:
                 session.run(None, inputs)
         end = time.monotonic() + args.duration
         n = 0
+        cpu0, direct_cpu = cpu_seconds(), 0.0
         while (args.count and n < args.count) or (not args.count and time.monotonic() < end):
             if session is not None:
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 session.run(None, inputs)
                 direct.append(time.perf_counter() - t0)
+                direct_cpu += time.thread_time() - c0
             t0 = time.monotonic()
             try:
                 version, _ = await c.infer(args.model, inputs, binary=binary)
@@ -108,7 +117,9 @@ async def client_main(args: argparse.Namespace) -> None:
                 version, ok = 0, False
             records.append((t0, time.monotonic() - t0, version, ok))
             n += 1
-    print(json.dumps({"records": records, "direct": direct}))
+        client_cpu = cpu_seconds() - cpu0 - direct_cpu
+    out = {"records": records, "direct": direct, "direct_cpu": direct_cpu, "client_cpu": client_cpu}
+    print(json.dumps(out))
 
 
 def run_client(
@@ -149,20 +160,32 @@ def run_client(
     )
 
 
-async def collect(proc: subprocess.Popen[str]) -> tuple[list[Record], list[float]]:
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process so far, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def collect(proc: subprocess.Popen[str]) -> tuple[list[Record], list[float], dict[str, Any]]:
     out, _ = await trio.to_thread.run_sync(proc.communicate)
     if proc.returncode != 0:
         raise SystemExit(f"client failed with status {proc.returncode}")
     doc = json.loads(out)
     records = [(float(a), float(b), int(c), bool(d)) for a, b, c, d in doc["records"]]
-    return records, [float(x) for x in doc["direct"]]
+    return records, [float(x) for x in doc["direct"]], doc
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     dd = DataDir(work / "data")
     store = dd.open_store()
-    result: dict[str, Any] = {"requests": args.requests, "mlp_mb": args.mb}
+    # the 1-minute load average, before and after: other processes share this machine
+    result: dict[str, Any] = {
+        "requests": args.requests,
+        "mlp_mb": args.mb,
+        "loadavg_before": round(os.getloadavg()[0], 2),
+        "inline_run_max_ms": inference.INLINE_RUN_MAX * 1e3,
+    }
 
     def pub(path: Path, model: str, version: int) -> Any:
         return publish(
@@ -210,34 +233,50 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             save_inputs(inp, inputs)
             entry: dict[str, Any] = {}
             for mode in ("json", "binary"):
+                server_cpu0 = cpu_seconds()
                 proc = run_client(host, port, name, inp, mode, count=n, direct=path)
-                recs, base = await collect(proc)
+                recs, base, doc = await collect(proc)
+                server_cpu = cpu_seconds() - server_cpu0
                 lat = [r[1] for r in recs if r[3]]
                 d, s = summary(base), summary(lat)
                 s["errors"] = sum(1 for r in recs if not r[3])
                 s["direct_p50_ms"], s["direct_p99_ms"] = d["p50_ms"], d["p99_ms"]
                 s["p50_overhead_ms"] = round(s["p50_ms"] - d["p50_ms"], 3)
+                # each API request ran right after a direct run: the median of the paired
+                # differences is robust to load that comes and goes during the phase
+                pairs = [r[1] - b for r, b in zip(recs, base, strict=True) if r[3]]
+                s["paired_median_overhead_ms"] = round(statistics.median(pairs) * 1e3, 3)
                 s["p99_overhead_ms"] = round(s["p99_ms"] - d["p99_ms"], 3)
+                # CPU time is far less sensitive to other processes than wall time: the
+                # API's cost = client CPU (without its direct runs) + server CPU (20
+                # warm-up requests included) - the inference itself (a direct run's CPU)
+                direct_cpu = doc["direct_cpu"] / n
+                api_cpu = doc["client_cpu"] / n + server_cpu / (n + 20) - direct_cpu
+                s["direct_cpu_ms"] = round(direct_cpu * 1e3, 3)
+                s["cpu_overhead_ms"] = round(api_cpu * 1e3, 3)
                 entry[mode] = s
             result[name] = entry
 
         # swap under steady load
         inp = work / "mlp-inputs.npz"
-        total = args.steady + args.swaps * (args.gap + 4.0) + 2.0
+        # Steady and swap windows alternate (steady, swap, steady, swap, ...) so that
+        # both sample the same mix of machine load.
+        total = args.swaps * (args.steady + 1.0 + 6.0) + 2.0
         proc = run_client(host, port, "mlp", inp, "binary", duration=total)
-        await trio.sleep(1.0 + args.steady)  # client warm-up, then the steady window
-        windows = []
+        await trio.sleep(1.0)  # client warm-up
+        windows, quiet = [], []
         for rid in later:
+            s0 = time.monotonic()
+            await trio.sleep(args.steady)
+            quiet.append((s0, time.monotonic()))
             t0 = time.monotonic()
             await service.offer(rid)
-            t1 = time.monotonic()
-            windows.append((t0, t1))
-            await trio.sleep(args.gap)
-        recs, _ = await collect(proc)
+            windows.append((t0, time.monotonic()))
+            await trio.sleep(1.0)  # the new version's first second counts as "swap"
+        recs, _, _ = await collect(proc)
         nursery.cancel_scope.cancel()
 
-    first = windows[0][0]
-    steady = [r for r in recs if first - args.steady <= r[0] < first]
+    steady = [r for r in recs if any(a <= r[0] < b for a, b in quiet)]
     during = [r for r in recs if any(a <= r[0] < b + 1.0 for a, b in windows)]
     versions = [r[2] for r in recs if r[3]]
     back = sum(1 for a, b in itertools.pairwise(versions) if b < a)
@@ -254,6 +293,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "during_swap": {"n": len(during), **summary([r[1] for r in during])},
         "p99_ratio": round(d_p99 / s_p99, 3),
     }
+    result["loadavg_after"] = round(os.getloadavg()[0], 2)
     await service.aclose()
     store.close()
     for p in sorted(work.rglob("*"), reverse=True):
@@ -266,9 +306,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=400, help="requests per latency phase")
     p.add_argument("--mb", type=int, default=50, help="size of the generated MLP (MiB)")
-    p.add_argument("--swaps", type=int, default=3, help="activations during the load phase")
-    p.add_argument("--steady", type=float, default=6.0, help="seconds of steady load measured")
-    p.add_argument("--gap", type=float, default=3.0, help="seconds between activations")
+    p.add_argument("--swaps", type=int, default=4, help="activations during the load phase")
+    p.add_argument("--steady", type=float, default=3.0, help="quiet seconds before each swap")
+    p.add_argument(
+        "--inline-max-ms",
+        type=float,
+        default=None,
+        help="override INLINE_RUN_MAX (runs shorter than this run in the event loop; 0: never)",
+    )
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--host", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -282,13 +327,18 @@ def main() -> None:
     if args.client:
         trio.run(client_main, args)
         return
+    if args.inline_max_ms is not None:
+        inference.INLINE_RUN_MAX = args.inline_max_ms / 1e3
     result = trio.run(bench, args)
     for name in ("vad", "mlp"):
         if name in result:
             r = result[name]
+            j, b = r["json"], r["binary"]
             print(
-                f"{name}: direct p50 {r['binary']['direct_p50_ms']} ms; API overhead p50 json "
-                f"{r['json']['p50_overhead_ms']} ms, binary {r['binary']['p50_overhead_ms']} ms",
+                f"{name}: direct p50 {b['direct_p50_ms']} ms; API overhead p50 json "
+                f"{j['p50_overhead_ms']} ms (paired {j['paired_median_overhead_ms']}, cpu "
+                f"{j['cpu_overhead_ms']}), binary {b['p50_overhead_ms']} ms (paired "
+                f"{b['paired_median_overhead_ms']}, cpu {b['cpu_overhead_ms']})",
                 file=sys.stderr,
             )
     sw = result["swap"]

@@ -15,7 +15,7 @@ import numpy as np
 import trio
 
 from mesh.cli._common import _data_dir, _emit, _fail, cli, data_dir_option, json_option
-from mesh.runtime.inference import rollback_persisted
+from mesh.runtime.activefile import rollback_persisted
 from mesh.runtime.v2client import ApiError, V2Client, error_message, parse_api
 
 _PRINT_VALUES = 16  # values shown per output without --json
@@ -26,13 +26,19 @@ def _api_address(api: str | None, data_dir: Path | None, *, required: bool) -> s
         return api
     dd = _data_dir(data_dir)
     node = dd.running_node()
-    if node is None or not isinstance(node.get("api"), str) or not node["api"]:
+    if node is None:
         if required:
             _fail(
                 f"no edgemesh node is running for data dir {dd.root} (start one with "
                 "'edgemesh join', or pass --api URL)"
             )
         return None
+    if not isinstance(node.get("api"), str) or not node["api"]:
+        # changing active.json under a running node would be overwritten by it
+        _fail(
+            f"the edgemesh node running for data dir {dd.root} (pid {node['pid']}) has no "
+            "local API; restart it with --api HOST:PORT, or stop it first"
+        )
     url: str = node["api"]
     return url
 

@@ -24,6 +24,7 @@ from mesh.datadir import DataDir, parse_patterns, trusted_key_from_spec
 from mesh.errors import TrustError
 from mesh.modelgen import write_example_model
 from mesh.publish import publish as publish_release
+from mesh.runtime.activefile import pinned_releases
 from mesh.store.fs import FsStore
 
 # -- keys ---
@@ -354,7 +355,8 @@ def gc(data_dir: Path | None, keep: int, as_json: bool) -> None:
     """Remove old releases and every chunk no kept release references."""
     dd = _data_dir(data_dir)
     with dd.open_store() as store:
-        report = store.gc(keep=keep)
+        # the active and previous versions stay, even when newer releases exist
+        report = store.gc(keep=keep, pinned=pinned_releases(dd))
     if as_json:
         _emit(
             {

@@ -4,7 +4,7 @@ What it owns: for each model, the serving slot (the active version's onnxruntime
 session), the steps the rollout table (:mod:`mesh.core.rollout`) asks for --
 assemble from verified chunks, re-hash the assembled file, build the session off the
 serving path, check I/O compatibility, smoke inference and warm-up, swap -- and the
-persisted active versions (``DATA_DIR/active.json``, rewritten atomically).
+persisted active versions (``DATA_DIR/active.json``, via :mod:`mesh.runtime.activefile`).
 
 Rules:
 * Decisions are the core's: this module performs a step and reports its outcome.
@@ -30,9 +30,10 @@ Non-goals: HTTP (:mod:`mesh.runtime.api`), fetching, choosing what to offer.
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ import numpy as np
 import onnxruntime as ort
 import trio
 
-from mesh.core.manifest import Manifest, ModelInterface, TensorSpec
+from mesh.core.manifest import Manifest, ModelInterface
 from mesh.core.rollout import (
     HealthRule,
     Input,
@@ -50,22 +51,30 @@ from mesh.core.rollout import (
     RolloutError,
     Step,
     interface_problems,
-    offline_rollback,
 )
 from mesh.datadir import DataDir
 from mesh.errors import ConfigError, EdgemeshError, IntegrityError, LocalProtocolError
 from mesh.ids import ReleaseId
+from mesh.runtime.activefile import active_file, read_active, write_active
 from mesh.runtime.onnx import new_session
 from mesh.store.fs import FsStore
 
 T = TypeVar("T")
-ACTIVE_FORMAT = 1
 #: Runs after the smoke inference before a version goes live: the first runs of a
 #: session allocate arenas and pick kernels; three is enough for a CPU session.
 WARMUP_RUNS = 3
 #: Added to the nice value of the threads that assemble, hash, load and smoke-test a
 #: new version, so that on a small device activation yields the CPU to serving.
 BACKGROUND_NICE = 10
+
+
+#: A run that usually takes less than this is done in the event loop: handing it to a
+#: worker thread and back costs two thread wakeups, measured at 0.1-0.3 ms on a loaded
+#: 2-core machine -- as much as the run.  Longer runs go to worker threads, so the loop
+#: stays responsive; so does any request with more input than ``INLINE_INPUT_MAX`` (a
+#: big batch can make a fast model slow).
+INLINE_RUN_MAX = 0.0005
+INLINE_INPUT_MAX = 64 * 1024
 
 
 class UnknownModelError(LocalProtocolError):
@@ -136,12 +145,23 @@ class Served:
     health: HealthRule
     output_names: list[str] = field(default_factory=list)
     sampled: bool = False
+    #: moving average of recent run times (seconds), first from the warm-up runs
+    run_time: float = math.inf
 
     def run(
         self, outputs: list[str] | None, feeds: Mapping[str, np.ndarray[Any, Any]]
     ) -> list[np.ndarray[Any, Any]]:
+        t0 = time.perf_counter()
         result: list[np.ndarray[Any, Any]] = self.session.run(outputs, dict(feeds))
+        dt = time.perf_counter() - t0
+        self.run_time = dt if self.run_time == math.inf else 0.9 * self.run_time + 0.1 * dt
         return result
+
+    def runs_inline(self, feeds: Mapping[str, np.ndarray[Any, Any]]) -> bool:
+        return (
+            self.run_time < INLINE_RUN_MAX
+            and sum(a.nbytes for a in feeds.values()) <= INLINE_INPUT_MAX
+        )
 
 
 class InferenceService:
@@ -175,7 +195,7 @@ class InferenceService:
 
     @property
     def active_file(self) -> Path:
-        return self.data_dir.root / "active.json"
+        return active_file(self.data_dir)
 
     def _samples_file(self, model: str) -> Path:
         return self.data_dir.root / "samples" / f"{model}.npz"
@@ -216,6 +236,7 @@ class InferenceService:
     ) -> None:
         manifest: Manifest | None = None
         session: ort.InferenceSession | None = None
+        run_time = math.inf
         bg = trio.to_thread.run_sync
         while step is not Step.NONE:
             event, reason = _DONE[step], ""
@@ -238,18 +259,18 @@ class InferenceService:
                                 + "; ".join(problems)
                                 + " (publish with --breaking for an intentional change)"
                             )
-                    await bg(_niced, self._smoke, manifest, session)
+                    run_time = await bg(_niced, self._smoke, manifest, session)
                 else:
                     assert manifest is not None
                     assert session is not None
-                    self._swap(manifest, session)
+                    self._swap(manifest, session, run_time)
             except EdgemeshError as e:
                 event, reason = Input.FAILED, f"{step.value}: {e}"
             step = rollout.handle(rid, event, reason)
             if event is Input.SWAPPED:
                 await self._persist()
 
-    def _swap(self, manifest: Manifest, session: ort.InferenceSession) -> None:
+    def _swap(self, manifest: Manifest, session: ort.InferenceSession, run_time: float) -> None:
         self._serving[manifest.model] = Served(
             model=manifest.model,
             version=manifest.version,
@@ -258,6 +279,7 @@ class InferenceService:
             interface=manifest.interface,
             health=HealthRule(self.health_error_limit),
             output_names=[o.name for o in manifest.interface.outputs],
+            run_time=run_time,
         )
         self.swaps[manifest.model] = self.swaps.get(manifest.model, 0) + 1
 
@@ -286,7 +308,8 @@ class InferenceService:
             raise RolloutError(f"the loaded model's inputs {names} differ from its manifest")
         return session
 
-    def _smoke(self, manifest: Manifest, session: ort.InferenceSession) -> None:
+    def _smoke(self, manifest: Manifest, session: ort.InferenceSession) -> float:
+        """Smoke inference and warm-up; returns the last warm-up run's time (seconds)."""
         spec = manifest.interface
         feeds = None
         for candidate in (self._samples.get(manifest.model), self._saved_sample(manifest.model)):
@@ -300,7 +323,9 @@ class InferenceService:
             break
         if feeds is None:
             feeds, origin = synthetic_inputs(spec), "zero inputs"
+        took = math.inf
         for i in range(1 + self.warmup_runs):
+            t0 = time.perf_counter()
             try:
                 outs = session.run(None, dict(feeds))
             except Exception as e:  # noqa: BLE001 -- onnxruntime raises many types
@@ -309,6 +334,8 @@ class InferenceService:
                 raise RolloutError(f"{what} with {origin} failed: {first}") from None
             if i == 0 and len(outs) != len(spec.outputs):
                 raise RolloutError(f"smoke inference returned {len(outs)} outputs")
+            took = time.perf_counter() - t0
+        return took if self.warmup_runs else math.inf
 
     def _saved_sample(self, model: str) -> dict[str, np.ndarray[Any, Any]] | None:
         try:
@@ -331,14 +358,14 @@ class InferenceService:
                 bg = trio.to_thread.run_sync
                 await bg(_niced, self._assemble, manifest)
                 session = await bg(_niced, self._load, manifest)
-                await bg(_niced, self._smoke, manifest, session)
+                run_time = await bg(_niced, self._smoke, manifest, session)
             except EdgemeshError as e:
                 rollout.handle(target, Input.FAILED, f"rollback: {e}")
                 raise RolloutError(
                     f"cannot roll back {model} to v{manifest.version}: {e}"
                 ) from None
             rollout.reactivated(target, reason)
-            self._swap(manifest, session)
+            self._swap(manifest, session, run_time)
             await self._persist()
             return manifest.version
 
@@ -380,7 +407,12 @@ class InferenceService:
             if n not in served.output_names:
                 raise BadInputError(f"unknown output {n!r} (outputs: {served.output_names})")
         try:
-            result = await trio.to_thread.run_sync(served.run, names, inputs, limiter=self._limiter)
+            if served.runs_inline(inputs):
+                result = served.run(names, inputs)
+            else:
+                result = await trio.to_thread.run_sync(
+                    served.run, names, inputs, limiter=self._limiter
+                )
         except Exception as e:  # noqa: BLE001 -- onnxruntime raises many types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             if served.health.record(False):
@@ -415,6 +447,15 @@ class InferenceService:
             tmp.unlink(missing_ok=True)  # a sample is a convenience; serving goes on
 
     # -- status -----------------------------------------------------------------------
+
+    def pinned(self) -> set[ReleaseId]:
+        """Releases garbage collection must keep: every active and standby (rollback
+        target) release, whatever their versions -- pass to ``store.gc(pinned=...)``."""
+        return {
+            rid
+            for r in self._rollouts.values()
+            for rid in ([r.active] if r.active is not None else []) + r.previous
+        }
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {m: r.status() for m, r in sorted(self._rollouts.items())}
@@ -453,63 +494,3 @@ _DONE = {
     Step.CHECK: Input.CHECKED,
     Step.SWAP: Input.SWAPPED,
 }
-
-
-# -- DATA_DIR/active.json ------------------------------------------------------------------
-
-
-def read_active(path: Path) -> dict[str, Any]:
-    """The persisted rollouts by model ({} when there is no file); a damaged file is an
-    error, never silently empty (that would undo a rollback)."""
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} is unreadable: {e}; fix or remove it") from None
-    if not isinstance(raw, dict) or raw.get("format") != ACTIVE_FORMAT:
-        raise ConfigError(f"{path} has an unknown format; fix or remove it")
-    models = raw.get("models")
-    if not isinstance(models, dict):
-        raise ConfigError(f"{path}: 'models' must be an object")
-    return models
-
-
-def write_active(path: Path, models: dict[str, Any]) -> None:
-    """Atomically replace ``active.json`` (temp file, fsync, rename, fsync the dir)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps({"format": ACTIVE_FORMAT, "models": models}, indent=2, sort_keys=True)
-    try:
-        with open(tmp, "w") as f:
-            f.write(data + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {e.strerror}") from None
-
-
-def rollback_persisted(data_dir: DataDir, model: str) -> int:
-    """Rollback for a node that is not running: the next start activates the previous
-    version.  Returns that version."""
-    path = data_dir.root / "active.json"
-    models = read_active(path)
-    if model not in models:
-        raise RolloutError(f"model {model!r} has no active version recorded in {path}")
-    new, version = offline_rollback(models[model])
-    models[model] = new
-    write_active(path, models)
-    return version
-
-
-def spec_of(t: TensorSpec) -> dict[str, Any]:
-    """A tensor's name, type and shape as JSON (unknown dims: -1)."""
-    shape = [] if t.shape is None else [d if type(d) is int else -1 for d in t.shape]
-    return {"name": t.name, "elem_type": t.elem_type, "shape": shape}

@@ -10,33 +10,17 @@ Non-goals: connection pools, TLS, redirects, chunked request bodies.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import h11
 import numpy as np
-import orjson
 import trio
 
 from mesh.errors import ConfigError, EdgemeshError
+from mesh.runtime.oip import decode_infer, encode_infer
 
-DATATYPES = {
-    np.dtype(np.bool_): "BOOL",
-    np.dtype(np.uint8): "UINT8",
-    np.dtype(np.uint16): "UINT16",
-    np.dtype(np.uint32): "UINT32",
-    np.dtype(np.uint64): "UINT64",
-    np.dtype(np.int8): "INT8",
-    np.dtype(np.int16): "INT16",
-    np.dtype(np.int32): "INT32",
-    np.dtype(np.int64): "INT64",
-    np.dtype(np.float16): "FP16",
-    np.dtype(np.float32): "FP32",
-    np.dtype(np.float64): "FP64",
-}
-DTYPES = {v: k for k, v in DATATYPES.items()}
 MAX_RESPONSE = 1 << 30
 
 
@@ -64,63 +48,6 @@ def parse_api(url: str) -> tuple[str, int]:
     if parts.scheme != "http" or not parts.hostname or parts.port is None:
         raise ConfigError(f"API address {url!r} is not like http://127.0.0.1:8000")
     return parts.hostname, parts.port
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()  # a dtype or layout orjson does not take natively
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
-def encode_infer(
-    inputs: dict[str, np.ndarray[Any, Any]], *, binary: bool
-) -> tuple[bytes, list[tuple[str, str]]]:
-    """Request body and extra headers for ``inputs``; binary outputs asked for iff binary."""
-    items: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name, arr in inputs.items():
-        arr = np.asarray(arr)  # not ascontiguousarray: it turns a scalar into shape [1]
-        dt = DATATYPES.get(arr.dtype)
-        if dt is None:
-            raise ConfigError(f"input {name!r}: type {arr.dtype} cannot be sent")
-        item: dict[str, Any] = {"name": name, "datatype": dt, "shape": list(arr.shape)}
-        if binary:
-            raw = arr.tobytes()
-            item["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            item["data"] = arr.ravel()
-        items.append(item)
-    doc: dict[str, Any] = {"inputs": items}
-    if binary:
-        doc["parameters"] = {"binary_data_output": True}
-    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY, default=_default)
-    headers = [("content-type", "application/json")]
-    if binary:
-        headers = [
-            ("content-type", "application/octet-stream"),
-            ("inference-header-content-length", str(len(head))),
-        ]
-    return b"".join([head, *blobs]), headers
-
-
-def decode_infer(reply: Reply) -> tuple[int, dict[str, np.ndarray[Any, Any]]]:
-    """(model version, outputs) of a successful infer reply."""
-    n = reply.headers.get("inference-header-content-length")
-    head, binary = (reply.body, b"") if n is None else (reply.body[: int(n)], reply.body[int(n) :])
-    doc = orjson.loads(head)
-    out: dict[str, np.ndarray[Any, Any]] = {}
-    offset = 0
-    for o in doc["outputs"]:
-        dtype = DTYPES[o["datatype"]]
-        shape = o["shape"]
-        size = (o.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            out[o["name"]] = np.frombuffer(binary, dtype, math.prod(shape), offset).reshape(shape)
-            offset += size
-        else:
-            out[o["name"]] = np.asarray(o["data"], dtype=dtype).reshape(shape)
-    return int(doc["model_version"]), out
 
 
 class V2Client:
@@ -173,7 +100,10 @@ class V2Client:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(1 << 20))
+                    data = await stream.receive_some(1 << 20)
+                    if not data:
+                        raise ApiError("the API closed the connection without an answer")
+                    conn.receive_data(data)
                 elif isinstance(event, h11.Response):
                     response = event
                 elif isinstance(event, h11.Data):
@@ -213,7 +143,7 @@ class V2Client:
         reply = await self.request("POST", path, body, headers)
         if reply.status != 200:
             raise ApiError(error_message(reply), reply.status)
-        return decode_infer(reply)
+        return decode_infer(reply.headers, reply.body)
 
 
 def error_message(reply: Reply) -> str:
@@ -222,3 +152,6 @@ def error_message(reply: Reply) -> str:
     except (ValueError, KeyError, TypeError):
         msg = reply.body[:200].decode(errors="replace")
     return f"{msg} (HTTP {reply.status})"
+
+
+__all__ = ["ApiError", "Reply", "V2Client", "decode_infer", "encode_infer", "parse_api"]

@@ -3,6 +3,7 @@ process (the stand-in ``tests.runtime.serve_node`` until ``edgemesh join`` exist
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -165,7 +166,43 @@ def test_offline_rollback_is_used_by_the_next_start(
 
 
 def _api(data: Path) -> str:
-    import json
-
     url: str = json.loads((data / "node.json").read_text())["api"]
     return url
+
+
+def test_a_node_without_api_is_not_changed_behind_its_back(
+    run: Run, published: Path, x_file: Path
+) -> None:
+    (published / "node.json").write_text(json.dumps({"pid": os.getpid(), "peer_id": "x"}))
+    for args in (("rollback", "cam"), ("infer", "cam", "--input", f"x={x_file}")):
+        res = run(*args, "--data-dir", published)
+        assert res.returncode == 1
+        assert "has no local API; restart it with --api HOST:PORT" in res.error_line
+
+
+def test_gc_keeps_the_active_and_previous_versions(
+    run: Run, published: Path, home: Path, key: Path, tmp_path: Path
+) -> None:
+    stop(start_node(published, home))  # v1 then v2 activated: v2 active, v1 previous
+    for v in (3, 4):  # newer releases that were never activated
+        m = tmp_path / f"v{v}.onnx"
+        write_example_model(m, size_bytes=64 * 1024, seed=v)
+        run(
+            "publish",
+            m,
+            "--model",
+            "cam",
+            "--version",
+            v,
+            "--key",
+            key,
+            "--data-dir",
+            published,
+            check=True,
+        )
+    run("gc", "--data-dir", published, check=True)
+    versions = [
+        r["version"]
+        for r in run("releases", "--data-dir", published, "--json", check=True).json()["releases"]
+    ]
+    assert sorted(versions) == [1, 2, 3, 4]

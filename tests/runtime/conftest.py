@@ -3,7 +3,7 @@ generated models into it, and a running service + API on loopback."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +80,6 @@ class Running:
 
     def client(self) -> V2Client:
         return V2Client(self.host, self.port)
-
-
-StartApi = Callable[..., "trio.abc.AsyncResource"]
 
 
 @pytest.fixture

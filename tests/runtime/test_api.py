@@ -306,3 +306,75 @@ async def test_hot_swap_under_load_drops_nothing(node: Node, running: Running) -
     for s in seen:
         pattern = "".join(map(str, s))
         assert re.fullmatch(r"1+2+3+2+", pattern), pattern
+
+
+async def test_expect_100_continue_is_answered(node: Node, running: Running) -> None:
+    """curl sends ``Expect: 100-continue`` for bodies over 1 KiB and waits for it."""
+    await activate(node, running, 1)
+    body = json.dumps(infer_doc()).encode()
+    head = (
+        f"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        "Expect: 100-continue\r\n\r\n"
+    ).encode()
+    stream = await trio.open_tcp_stream(running.host, running.port)
+    async with stream:
+        await stream.send_all(head)
+        first = await stream.receive_some(4096)
+        assert first.startswith(b"HTTP/1.1 100 ")
+        await stream.send_all(body)
+        data = b""
+        while b'"model_version"' not in data:
+            data += await stream.receive_some(65536)
+    assert data.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_chunked_request_bodies_are_read_and_limited(
+    node: Node, nursery: trio.Nursery
+) -> None:
+    service = InferenceService(node.data_dir, node.store, warmup_runs=0)
+    await service.start()
+    await service.offer(node.publish_onnx(models.scale(1.0), "m", 1))
+    host, port = await nursery.start(
+        lambda task_status: serve_api(service, max_body_bytes=4096, task_status=task_status)
+    )
+    body = json.dumps(infer_doc()).encode()
+
+    async def send_chunked(payload: bytes) -> bytes:
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(
+                b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )
+            for i in range(0, len(payload), 100):
+                part = payload[i : i + 100]
+                await stream.send_all(b"%x\r\n%s\r\n" % (len(part), part))
+            await stream.send_all(b"0\r\n\r\n")
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+            return data
+
+    assert (await send_chunked(body)).startswith(b"HTTP/1.1 200 ")
+    big = json.dumps(infer_doc(data=[0.0] * 8, pad="x" * 5000)).encode()
+    reply = await send_chunked(big)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert b"over the limit of 4096 bytes" in reply
+
+
+async def test_a_bug_in_a_handler_is_a_500_and_the_api_lives_on(
+    node: Node, running: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await activate(node, running, 1)
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    async with running.client() as c:
+        with monkeypatch.context() as m:
+            m.setattr(running.service, "infer", broken)
+            reply = await post_json(c, "/v2/models/m/infer", infer_doc())
+        assert reply.status == 500
+        assert reply.json() == {"error": "internal error: RuntimeError"}
+        assert "API request failed" in caplog.text
+        assert (await c.infer("m", {"x": X}))[0] == 1

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,12 @@ import trio
 from onnx import TensorProto
 
 from mesh.core.rollout import RolloutError
+from mesh.runtime.activefile import pinned_releases, rollback_persisted
 from mesh.runtime.inference import (
     BadInputError,
     InferenceFailedError,
     InferenceService,
     UnknownModelError,
-    rollback_persisted,
 )
 from tests.runtime import models
 from tests.runtime.conftest import Node
@@ -304,3 +306,54 @@ def test_active_version_survives_kill_9(node: Node, tmp_path: Path) -> None:
         assert await answer(again) == (2, 2.0)
 
     trio.run(restart)
+
+
+class _HeldSession:
+    """Wraps a session: ``run`` waits until released (to hold a request in flight)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, outputs: Any, feeds: Any) -> Any:
+        self.entered.set()
+        assert self.release.wait(30)
+        return self.session.run(outputs, feeds)
+
+
+async def test_in_flight_request_finishes_on_the_version_it_started_on(node: Node) -> None:
+    svc = service(node)
+    await svc.start()
+    await svc.offer(node.publish_onnx(models.scale(1.0), "m", 1))
+    v1 = svc.serving("m")
+    held = _HeldSession(v1.session)
+    v1.session = held
+    v1.run_time = math.inf  # as a slow model: runs in a worker thread
+    results: list[tuple[int, float]] = []
+
+    async def slow_request() -> None:
+        results.append(await answer(svc))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(slow_request)
+        await trio.to_thread.run_sync(held.entered.wait, 30)
+        await svc.offer(node.publish_onnx(models.scale(2.0), "m", 2))  # swap meanwhile
+        assert await answer(svc) == (2, 2.0)  # new requests go to v2 at once
+        assert results == []
+        held.release.set()
+    assert results == [(1, 1.0)]  # the held request finished on v1
+
+
+async def test_pinned_releases_are_the_active_and_rollback_targets(node: Node) -> None:
+    svc = service(node)
+    await svc.start()
+    rids = [node.publish_onnx(models.scale(float(v)), "m", v) for v in (1, 2, 3)]
+    bad = node.publish_onnx(models.unloadable(), "m", 4)
+    for rid in [*rids, bad]:
+        await svc.offer(rid)
+    assert svc.pinned() == set(rids)
+    node.store.gc(keep=2, pinned=svc.pinned())  # keep=2 alone would drop v1 and v2
+    assert {i.version for i in node.store.releases("m")} == {1, 2, 3, 4}
+    await svc.aclose()
+    assert pinned_releases(node.data_dir) == set(rids)

@@ -71,7 +71,7 @@ def test_mdns_late_joiner_and_forged_announcement(cluster: Cluster) -> None:
     rogue = cluster.seed(rogue_model, "--config", str(fast), name="rogue", version=2, key=rogue_key)
     rogue.info()
     for n in [*nodes, late]:  # every node hears of v2 (hello, gossip) and refuses it
-        n.wait_for("the forged release to be refused", lambda st: "release m v2" in n.text())
+        n.wait_for("the forged release to be refused", lambda st, n=n: "release m v2" in n.text())
     time.sleep(3)  # a few more re-announcements through gossip
     for n in [*nodes, late]:
         st = n.status()

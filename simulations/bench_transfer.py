@@ -321,25 +321,33 @@ class _Child:
 
     def __init__(self, args: list[str], profile: Path | None) -> None:
         cmd = [sys.executable, os.path.abspath(__file__), *args]
-        if profile is not None:
+        if profile is not None and profile.suffix == ".prof":
             cmd += ["--profile", str(profile)]
+        elif profile is not None:  # py-spy: every thread, native frames, collapsed stacks
+            spy = Path(sys.executable).with_name("py-spy")
+            spy_args = ["record", "-t", "-n", "-r", "250", "-f", "raw", "-o", str(profile)]
+            cmd = [str(spy), *spy_args, "--", *cmd]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def line(self) -> dict[str, Any]:
         out: IO[bytes] | None = self.proc.stdout
         assert out is not None
-        text = out.readline()
-        if not text:
-            self.proc.wait()
-            raise SystemExit(f"child {self.proc.args!r} exited ({self.proc.returncode})")
-        obj: dict[str, Any] = json.loads(text)
-        return obj
+        while True:
+            text = out.readline()
+            if not text:
+                self.proc.wait()
+                raise SystemExit(f"child {self.proc.args!r} exited ({self.proc.returncode})")
+            if text.startswith(b"{"):  # a profiler may print its own lines
+                obj: dict[str, Any] = json.loads(text)
+                return obj
 
     def finish(self) -> dict[str, Any]:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         out = self.line()
-        if self.proc.wait(timeout=60) != 0:
+        assert self.proc.stdout is not None
+        self.proc.stdout.read()
+        if self.proc.wait(timeout=120) != 0:
             raise SystemExit(f"child {self.proc.args!r} failed ({self.proc.returncode})")
         return out
 
@@ -407,7 +415,7 @@ def _round_raw(a: argparse.Namespace, tmp: Path, total: int, r: int) -> dict[str
     prof = a.profile_dir
     send = _Child(
         ["--child", "raw-send", "--data", str(tmp / "raw-send"), "--bytes", str(total)],
-        None if prof is None else prof / f"raw-send-{r}.prof",
+        None if prof is None else prof / f"raw-send-{r}{a.profile_ext}",
     )
     try:
         addr = send.line()["addrs"][0]
@@ -422,7 +430,7 @@ def _round_raw(a: argparse.Namespace, tmp: Path, total: int, r: int) -> dict[str
                 "--peer",
                 addr,
             ],
-            None if prof is None else prof / f"raw-recv-{r}.prof",
+            None if prof is None else prof / f"raw-recv-{r}{a.profile_ext}",
         )
         res = recv.finish()
     finally:
@@ -439,13 +447,13 @@ def _round_chunks(
     join_dir = tmp / f"join-{tag}"
     seed = _Child(
         ["--child", "seed", "--data", str(seed_dir), *_node_args(a)],
-        None if prof is None else prof / f"seed-{tag}.prof",
+        None if prof is None else prof / f"seed-{tag}{a.profile_ext}",
     )
     try:
         addr = seed.line()["addrs"][0]
         join = _Child(
             ["--child", "join", "--data", str(join_dir), "--peer", addr, *_node_args(a)],
-            None if prof is None else prof / f"join-{tag}.prof",
+            None if prof is None else prof / f"join-{tag}{a.profile_ext}",
         )
         res = join.finish()
     finally:
@@ -561,7 +569,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk-kib", type=int, default=1024, help="chunk size in KiB (1024)")
     p.add_argument("--work-dir", type=Path, default=None, help="where to make the temp dir")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (debugging)")
-    p.add_argument("--profile-dir", type=Path, default=None, help="cProfile every child here")
+    p.add_argument("--profile-dir", type=Path, default=None, help="profile every child here")
+    p.add_argument(
+        "--py-spy",
+        dest="profile_ext",
+        action="store_const",
+        const=".txt",
+        default=".prof",
+        help="profile with py-spy (all threads, native; needs py-spy) instead of cProfile",
+    )
     g = p.add_argument_group("NodeConfig (both sides; default: the NodeConfig default)")
     g.add_argument("--per-peer-requests", type=int)
     g.add_argument("--max-requests", type=int)

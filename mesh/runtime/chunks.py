@@ -23,21 +23,26 @@ gossip.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import multiaddr
 import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from mesh.core.manifest import MAX_CHUNK_SIZE
 from mesh.core.wire import (
+    MAX_FRAME,
     PROTOCOL_ID,
     ChunkData,
     FrameDecoder,
     Message,
+    MessageType,
     NeedData,
+    decode,
     encode_chunk_header,
 )
 from mesh.errors import EdgemeshError, RemoteProtocolError
@@ -52,6 +57,10 @@ CONTROL_QUEUE = 4096
 #: How long a dial (connect + stream negotiation) may take.
 DIAL_TIMEOUT = 10.0
 
+#: A frame's fixed prefix: u32 length, u8 version, u8 type, u16 chunk-header length.
+_PREFIX = struct.Struct(">IBBH")
+_LEN_SIZE = 4
+
 Deliver = Callable[[str, Message], None]
 
 
@@ -62,7 +71,7 @@ class _Send:
     chunk_id: ChunkId
     length: int
     ready: trio.Event = field(default_factory=trio.Event)
-    payload: bytes | None = None
+    frame: bytes | None = None
     error: str = ""
 
 
@@ -220,7 +229,29 @@ class ChunkTransport:
             await _reset(stream)
             return
         link.data_in.append(stream)  # read (and reset at the end) by the link's tasks
-        link.nursery.start_soon(self._read, peer, stream, False)
+        link.nursery.start_soon(self._read_data, peer, stream)
+
+    async def _read_data(self, peer: str, stream: Any) -> None:
+        """Read a data stream: CHUNK_DATA frames only, each payload copied once into a
+        buffer of its exact size (no growing decode buffer to append to, slice out of and
+        shift), then handed to the driver."""
+        reader = _ChunkReader(MAX_FRAME if self._max_frame is None else self._max_frame)
+        while True:
+            try:
+                data = await stream.read(READ_SIZE)
+            except Exception:  # noqa: BLE001 -- StreamEOF, StreamReset, connection errors
+                return
+            if not data:
+                return
+            try:
+                for msg in reader.feed(data):
+                    if peer not in self._links:
+                        return
+                    self._deliver(peer, msg)
+            except EdgemeshError as e:
+                self._violation(peer, str(e))
+                self.close(peer, str(e))
+                return
 
     async def _read(self, peer: str, stream: Any, control: bool) -> None:
         decoder = (
@@ -266,9 +297,7 @@ class ChunkTransport:
 
     async def _prefetch(self, item: _Send) -> None:
         try:
-            item.payload = await trio.to_thread.run_sync(
-                self._read_chunk, item.chunk_id, limiter=self._readers
-            )
+            item.frame = await trio.to_thread.run_sync(self._framed, item, limiter=self._readers)
         except EdgemeshError as e:
             item.error = str(e)
         except OSError as e:
@@ -276,10 +305,17 @@ class ChunkTransport:
         finally:
             item.ready.set()
 
+    def _framed(self, item: _Send) -> bytes:
+        """On a worker thread: the chunk's whole CHUNK_DATA frame (header + payload), so
+        the trio thread neither reads, hashes nor copies a megabyte."""
+        payload = self._read_chunk(item.chunk_id)
+        return encode_chunk_header(item.release_id, item.index, len(payload)) + payload
+
     async def _write_data(self, link: _Link) -> None:
         async for item in link.data_recv:
             await item.ready.wait()
-            if item.payload is None:
+            frame, item.frame = item.frame, None
+            if frame is None:
                 self._sent(link.peer, item.release_id, item.index, item.error or "unreadable")
                 continue
             try:
@@ -287,12 +323,96 @@ class ChunkTransport:
                     link.data_out = await self.host.new_stream(
                         ID.from_base58(link.peer), [DATA_PROTOCOL_ID]
                     )
-                header = encode_chunk_header(item.release_id, item.index, len(item.payload))
-                await link.data_out.write(header + item.payload)
+                await link.data_out.write(frame)
             except Exception:  # noqa: BLE001 -- StreamClosed, StreamReset, ...
                 self._sent(link.peer, item.release_id, item.index, "peer gone")
                 raise _LinkEnded from None
             self._sent(link.peer, item.release_id, item.index, "")
+
+
+class _ChunkReader:
+    """Incremental decoder of a data stream (CHUNK_DATA frames only).
+
+    The frame prefix and header (a few dozen bytes) are collected, then checked by
+    :func:`mesh.core.wire.decode` as a CHUNK_DATA frame with an empty payload (same
+    rules as :class:`~mesh.core.wire.FrameDecoder`: length bounded before anything is
+    allocated, version, type, header shape); the payload then goes straight into a
+    buffer of its announced size.  Any error is final (the caller drops the link)."""
+
+    def __init__(self, max_frame: int) -> None:
+        self._max = max_frame
+        self._head = bytearray()
+        self._need = _PREFIX.size  # bytes of prefix + header still to collect
+        self._msg: ChunkData | None = None
+        self._buf: bytearray | None = None
+        self._view: memoryview | None = None
+        self._pos = 0
+
+    def feed(self, data: bytes) -> list[ChunkData]:
+        out: list[ChunkData] = []
+        mv = memoryview(data)
+        while mv:
+            view = self._view
+            if view is not None:
+                n = min(len(mv), len(view) - self._pos)
+                view[self._pos : self._pos + n] = mv[:n]
+                self._pos += n
+                mv = mv[n:]
+                if self._pos == len(view):
+                    out.append(self._finish())
+                continue
+            take = min(self._need, len(mv))
+            self._head += mv[:take]
+            mv = mv[take:]
+            self._need -= take
+            if self._need == 0:
+                msg = self._parse_head()
+                if msg is not None:
+                    out.append(msg)
+        return out
+
+    def _parse_head(self) -> ChunkData | None:
+        head = self._head
+        length, _version, mtype, hlen = _PREFIX.unpack_from(head)
+        if len(head) == _PREFIX.size:
+            if mtype != MessageType.CHUNK_DATA:
+                raise RemoteProtocolError(f"message type {mtype} on the data stream")
+            if length > self._max:
+                raise RemoteProtocolError(
+                    f"frame of {length} bytes exceeds the {self._max} byte limit"
+                )
+            if _PREFIX.size - _LEN_SIZE + hlen > length:
+                raise RemoteProtocolError("chunk data: header runs past the frame")
+            if hlen:
+                self._need = hlen
+                return None
+        # the frame without its payload, checked by the codec's own rules
+        body_len = len(head) - _LEN_SIZE
+        msg = decode(struct.pack(">I", body_len) + bytes(head[_LEN_SIZE:]))
+        if not isinstance(msg, ChunkData):  # pragma: no cover -- the type was checked
+            raise RemoteProtocolError("not a chunk frame on the data stream")
+        size = length - body_len
+        if size > MAX_CHUNK_SIZE:
+            raise RemoteProtocolError(f"chunk data: payload over {MAX_CHUNK_SIZE} bytes")
+        self._head = bytearray()
+        self._need = _PREFIX.size
+        if size == 0:
+            return msg
+        self._msg = msg
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        return None
+
+    def _finish(self) -> ChunkData:
+        assert self._msg is not None
+        assert self._buf is not None
+        assert self._view is not None
+        self._view.release()
+        # the store hashes and writes any bytes-like payload; the core only takes len()
+        msg = ChunkData(self._msg.release_id, self._msg.index, cast(bytes, self._buf))
+        self._msg = self._buf = self._view = None
+        return msg
 
 
 class _LinkEnded(Exception):

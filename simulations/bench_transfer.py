@@ -11,7 +11,10 @@ Both are timed on the receiving process, from the moment it starts dialling the
 sender (connect + handshake included in both) to the end: EOF of the raw stream, or
 the ``on_complete`` callback (all chunks verified and stored) of the joiner.  Reported:
 medians over the rounds of both rates and of the per-round ratio, each receiver's
-peak RSS (``ru_maxrss``) and the CPU seconds of every process.  With ``--rss-gib N``
+peak RSS (``ru_maxrss``) and the CPU seconds of every process (senders: from the moment
+they listen; also each trio thread alone).  ``cpu_ratio`` is CPU per byte of the raw
+pair over that of the chunk pair: on a saturated 2-core box the rate ratio tends to
+it, and it is much less sensitive to other load than the rates are.  With ``--rss-gib N``
 (default 1) one more chunk transfer of an N GiB release measures the joiner's peak
 RSS (the target is about memory, not speed).
 
@@ -72,6 +75,16 @@ def _maxrss_mb() -> float:
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def _main_thread_cpu_s() -> float:
+    """CPU seconds of this process's main (trio) thread, from /proc (0.0 if absent)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -174,8 +187,13 @@ async def _child_raw_send(a: argparse.Namespace) -> dict[str, Any]:
     async with open_host(kp, concrete_listen_addrs(["/ip4/127.0.0.1/tcp/0"])) as host:
         host.set_stream_handler(TProtocol(_RAW_PROTO), handler)
         _emit({"addrs": full_addrs(host)})
+        cpu0, main0 = _cpu_s(), _main_thread_cpu_s()
         await _wait_stdin_eof()
-    return {"cpu_s": _cpu_s(), "maxrss_mb": _maxrss_mb()}
+    return {
+        "cpu_s": _cpu_s() - cpu0,
+        "main_cpu_s": _main_thread_cpu_s() - main0,
+        "maxrss_mb": _maxrss_mb(),
+    }
 
 
 async def _child_raw_recv(a: argparse.Namespace) -> dict[str, Any]:
@@ -189,7 +207,7 @@ async def _child_raw_recv(a: argparse.Namespace) -> dict[str, Any]:
     kp = load_identity(Path(a.data) / "identity")
     async with open_host(kp, concrete_listen_addrs(["/ip4/127.0.0.1/tcp/0"])) as host:
         info = info_from_p2p_addr(multiaddr.Multiaddr(a.peer))
-        cpu0 = _cpu_s()
+        cpu0, main0 = _cpu_s(), _main_thread_cpu_s()
         t0 = time.perf_counter()
         await host.connect(info)
         stream = await host.new_stream(info.peer_id, [TProtocol(_RAW_PROTO)])
@@ -203,10 +221,16 @@ async def _child_raw_recv(a: argparse.Namespace) -> dict[str, Any]:
                 break
             got += len(data)
         seconds = time.perf_counter() - t0
-        cpu = _cpu_s() - cpu0
+        cpu, main = _cpu_s() - cpu0, _main_thread_cpu_s() - main0
     if got != int(a.bytes):
         raise SystemExit(f"raw stream delivered {got} bytes, expected {a.bytes}")
-    return {"seconds": seconds, "bytes": got, "cpu_s": cpu, "maxrss_mb": _maxrss_mb()}
+    return {
+        "seconds": seconds,
+        "bytes": got,
+        "cpu_s": cpu,
+        "main_cpu_s": main,
+        "maxrss_mb": _maxrss_mb(),
+    }
 
 
 async def _child_seed(a: argparse.Namespace) -> dict[str, Any]:
@@ -235,9 +259,15 @@ async def _child_seed(a: argparse.Namespace) -> dict[str, Any]:
     )
     async with open_node(settings) as h:
         _emit({"addrs": h.addrs})
+        cpu0, main0 = _cpu_s(), _main_thread_cpu_s()
         await _wait_stdin_eof()
         up = h.status()["bytes_uploaded"]
-    return {"cpu_s": _cpu_s(), "maxrss_mb": _maxrss_mb(), "bytes_uploaded": up}
+    return {
+        "cpu_s": _cpu_s() - cpu0,
+        "main_cpu_s": _main_thread_cpu_s() - main0,
+        "maxrss_mb": _maxrss_mb(),
+        "bytes_uploaded": up,
+    }
 
 
 async def _child_join(a: argparse.Namespace) -> dict[str, Any]:
@@ -267,11 +297,11 @@ async def _child_join(a: argparse.Namespace) -> dict[str, Any]:
         peers=[a.peer],
     )
     async with open_node(settings, on_complete=on_complete) as h:
-        cpu0 = _cpu_s()
+        cpu0, main0 = _cpu_s(), _main_thread_cpu_s()
         t0 = time.perf_counter()
         with trio.fail_after(600):
             await done.wait()
-        cpu = _cpu_s() - cpu0
+        cpu, main = _cpu_s() - cpu0, _main_thread_cpu_s() - main0
         st = h.status()
     rel = st["models"][_MODEL]["releases"][0]
     if rel["chunks_verified"] != rel["chunks_total"]:
@@ -280,6 +310,7 @@ async def _child_join(a: argparse.Namespace) -> dict[str, Any]:
         "seconds": t_done - t0,
         "bytes": st["bytes_downloaded"],
         "cpu_s": cpu,
+        "main_cpu_s": main,
         "maxrss_mb": _maxrss_mb(),
         "chunks": rel["chunks_total"],
         "wasted_bytes": st["wasted_bytes"],
@@ -411,6 +442,18 @@ def _prepare_seed(tmp: Path, size_bytes: int, chunk_size: int, tag: str) -> tupl
     return seed_dir, total
 
 
+def _cpu_per_byte(res: dict[str, Any]) -> float:
+    """CPU seconds of both processes per byte moved."""
+    return float(res["cpu_s"] + res["sender_cpu_s"]) / float(res["bytes"])
+
+
+def _cpu_text(res: dict[str, Any]) -> str:
+    return (
+        f"{res['cpu_s']:.1f}+{res['sender_cpu_s']:.1f} "
+        f"[{res['main_cpu_s']:.1f}+{res['sender_main_cpu_s']:.1f}]"
+    )
+
+
 def _round_raw(a: argparse.Namespace, tmp: Path, total: int, r: int) -> dict[str, Any]:
     prof = a.profile_dir
     send = _Child(
@@ -436,6 +479,7 @@ def _round_raw(a: argparse.Namespace, tmp: Path, total: int, r: int) -> dict[str
     finally:
         sres = send.finish()
     res["sender_cpu_s"] = sres["cpu_s"]
+    res["sender_main_cpu_s"] = sres["main_cpu_s"]
     res["mb_s"] = res["bytes"] / res["seconds"] / _MB
     return res
 
@@ -462,6 +506,7 @@ def _round_chunks(
     if res["bytes"] < total:
         raise SystemExit(f"joiner downloaded {res['bytes']} bytes, expected {total}")
     res["sender_cpu_s"] = sres["cpu_s"]
+    res["sender_main_cpu_s"] = sres["main_cpu_s"]
     res["seed_uploaded_bytes"] = sres["bytes_uploaded"]
     res["mb_s"] = total / res["seconds"] / _MB
     return res
@@ -492,12 +537,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 else:
                     out["chunks"] = _round_chunks(a, tmp, seed_dir, total, str(r))
             out["ratio"] = out["chunks"]["mb_s"] / out["raw"]["mb_s"]
+            out["cpu_ratio"] = _cpu_per_byte(out["raw"]) / _cpu_per_byte(out["chunks"])
             rounds.append(out)
             _log(
                 f"round {r + 1}/{a.rounds}: raw {out['raw']['mb_s']:.1f} MB/s, "
-                f"chunks {out['chunks']['mb_s']:.1f} MB/s, ratio {out['ratio']:.2f} "
-                f"(cpu s raw {out['raw']['cpu_s']:.1f}+{out['raw']['sender_cpu_s']:.1f}, "
-                f"chunks {out['chunks']['cpu_s']:.1f}+{out['chunks']['sender_cpu_s']:.1f}; "
+                f"chunks {out['chunks']['mb_s']:.1f} MB/s, ratio {out['ratio']:.2f}, "
+                f"cpu ratio {out['cpu_ratio']:.2f} (cpu s recv+send [trio threads] "
+                f"raw {_cpu_text(out['raw'])}, chunks {_cpu_text(out['chunks'])}; "
                 f"joiner rss {out['chunks']['maxrss_mb']:.0f} MB; "
                 f"load {out['load_avg_1m']:.2f})"
             )
@@ -517,6 +563,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     raw = statistics.median(x["raw"]["mb_s"] for x in rounds)
     chunk = statistics.median(x["chunks"]["mb_s"] for x in rounds)
     ratio = statistics.median(x["ratio"] for x in rounds)
+    cpu_ratio = statistics.median(x["cpu_ratio"] for x in rounds)
     peak = (
         rss_run["maxrss_mb"]
         if rss_run is not None
@@ -526,6 +573,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "raw_mb_s": round(raw, 1),
         "chunk_mb_s": round(chunk, 1),
         "ratio": round(ratio, 3),
+        "cpu_ratio": round(cpu_ratio, 3),
         "receiver_peak_rss_mb": round(peak, 1),
         "receiver_peak_rss_release_bytes": (a.rss_gib << 30) if rss_run else total,
         "rounds": a.rounds,
@@ -539,11 +587,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 "raw_mb_s": round(x["raw"]["mb_s"], 1),
                 "chunk_mb_s": round(x["chunks"]["mb_s"], 1),
                 "ratio": round(x["ratio"], 3),
-                "raw_cpu_s": [round(x["raw"]["cpu_s"], 2), round(x["raw"]["sender_cpu_s"], 2)],
-                "chunk_cpu_s": [
-                    round(x["chunks"]["cpu_s"], 2),
-                    round(x["chunks"]["sender_cpu_s"], 2),
-                ],
+                "cpu_ratio": round(x["cpu_ratio"], 3),
+                "raw_cpu_s": _cpu_list(x["raw"]),
+                "chunk_cpu_s": _cpu_list(x["chunks"]),
                 "joiner_rss_mb": round(x["chunks"]["maxrss_mb"], 1),
                 "seed_uploaded_bytes": x["chunks"]["seed_uploaded_bytes"],
             }
@@ -559,6 +605,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "targets": {"ratio": TARGET_RATIO, "receiver_peak_rss_mb": TARGET_PEAK_RSS_MB},
         "pass": ratio >= TARGET_RATIO and peak <= TARGET_PEAK_RSS_MB,
     }
+
+
+def _cpu_list(res: dict[str, Any]) -> list[float]:
+    """[receiver, sender, receiver trio thread, sender trio thread] CPU seconds."""
+    keys = ("cpu_s", "sender_cpu_s", "main_cpu_s", "sender_main_cpu_s")
+    return [round(float(res[k]), 2) for k in keys]
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -13,7 +13,13 @@ Rules:
   ``disconnected`` + ``connected`` so the core starts a clean session.
 * Chunk payloads are read from the store on a worker thread *as soon as* the core asks
   (prefetch), and written in order on the data stream: the stream never waits for the
-  disk.  ``sent`` is reported after the write, freeing the core's upload slot.
+  disk.  The worker also builds the whole frame (header + payload), so the trio thread
+  only writes it.  ``sent`` is reported after the write, freeing the core's upload slot.
+* Bulk bytes are copied as little as possible (on a 2-core device the transfer is
+  CPU-bound): a data stream is decoded by :class:`_ChunkReader`, which checks each
+  frame's prefix and header with the codec's rules and copies the payload once, into
+  a buffer of its announced size, handed on as it is (the store verifies and writes any
+  bytes-like payload).  Control streams use the codec's ``FrameDecoder``.
 * Undecodable input ends the session: ``violation`` then ``disconnected``.
 
 Non-goals: deciding anything (whom to dial, what to send: the core), discovery,

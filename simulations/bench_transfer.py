@@ -138,7 +138,10 @@ def _settings(seed_cfg: Any, join_cfg: Any) -> dict[str, Any]:
         "joiner": {k: join[k] for k in _TUNING},
         "runtime": {
             k: getattr(m, k)
-            for m, names in ((chunks, ("READ_SIZE",)), (driver, ("STORE_THREADS",)))
+            for m, names in (
+                (chunks, ("READ_SIZE", "DATA_READ_PAUSE", "PAUSE_MIN_WINDOW", "DATA_WRITE_SIZE")),
+                (driver, ("STORE_THREADS",)),
+            )
             for k in names
             if hasattr(m, k)
         },

@@ -7,7 +7,13 @@ chunk data (the simulator models control frames the same way).
 
 Rules:
 * Streams are read continuously (yamux resets a stream whose reader stalls for 5 s);
-  decoded messages go to the driver at once, bytes are never interpreted here.
+  decoded messages go to the driver at once.  Frames are decoded by the codec
+  (``mesh.core.wire``); the one exception is the 8-byte prefix of data-stream frames,
+  read by :class:`_ChunkReader` (ADR 0004), which still has the codec check the rest.
+* The data path is shaped around py-libp2p's framing (ADR 0004): chunk frames are
+  written in pieces that make one Noise message per yamux frame, and a data stream
+  is read in batches (a 2 ms pause after a short read, once its receive window has
+  grown), because yamux sends a window update for every read.
 * One control stream per peer pair.  When both sides dial at once, the stream opened
   by the smaller peer id wins on both sides; the loser is reset and the driver hears
   ``disconnected`` + ``connected`` so the core starts a clean session.

@@ -233,7 +233,7 @@ class ChunkTransport:
                     n.start_soon(self._write_data, link)
                     await self._read(link.peer, link.stream, True)
                     n.cancel_scope.cancel()
-            except _LinkEnded:
+            except* _LinkEnded:  # a writer's stream failed (trio wraps it in a group)
                 pass
         with trio.CancelScope(shield=True):
             await _reset(link.stream)

@@ -7,13 +7,25 @@ chunk data (the simulator models control frames the same way).
 
 Rules:
 * Streams are read continuously (yamux resets a stream whose reader stalls for 5 s);
-  decoded messages go to the driver at once, bytes are never interpreted here.
+  decoded messages go to the driver at once.  Frames are decoded by the codec
+  (``mesh.core.wire``); the one exception is the 8-byte prefix of data-stream frames,
+  read by :class:`_ChunkReader` (ADR 0006), which still has the codec check the rest.
+* The data path is shaped around py-libp2p's framing (ADR 0006): chunk frames are
+  written in pieces that make one Noise message per yamux frame, and a data stream
+  is read in batches (a 2 ms pause after a short read, once its receive window has
+  grown), because yamux sends a window update for every read.
 * One control stream per peer pair.  When both sides dial at once, the stream opened
   by the smaller peer id wins on both sides; the loser is reset and the driver hears
   ``disconnected`` + ``connected`` so the core starts a clean session.
 * Chunk payloads are read from the store on a worker thread *as soon as* the core asks
   (prefetch), and written in order on the data stream: the stream never waits for the
-  disk.  ``sent`` is reported after the write, freeing the core's upload slot.
+  disk.  The worker also builds the whole frame (header + payload), so the trio thread
+  only writes it.  ``sent`` is reported after the write, freeing the core's upload slot.
+* Bulk bytes are copied as little as possible (on a 2-core device the transfer is
+  CPU-bound): a data stream is decoded by :class:`_ChunkReader`, which checks each
+  frame's prefix and header with the codec's rules and copies the payload once, into
+  a buffer of its announced size, handed on as it is (the store verifies and writes any
+  bytes-like payload).  Control streams use the codec's ``FrameDecoder``.
 * Undecodable input ends the session: ``violation`` then ``disconnected``.
 
 Non-goals: deciding anything (whom to dial, what to send: the core), discovery,
@@ -24,21 +36,26 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import multiaddr
 import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from mesh.core.manifest import MAX_CHUNK_SIZE
 from mesh.core.wire import (
+    MAX_FRAME,
     PROTOCOL_ID,
     ChunkData,
     FrameDecoder,
     Message,
+    MessageType,
     NeedData,
+    decode,
     encode_chunk_header,
 )
 from mesh.errors import EdgemeshError, RemoteProtocolError
@@ -47,11 +64,32 @@ from mesh.ids import ChunkId, ReleaseId
 DATA_PROTOCOL_ID = "/edgemesh/chunk-data/1.0.0"
 #: Bytes asked of a stream per read: large reads cut per-call overhead.
 READ_SIZE = 1 << 20
+#: After a short read of a data stream, wait this long before the next read, so that
+#: several yamux frames are taken at once.  py-libp2p's yamux answers every read with a
+#: window update (a frame the sender must decrypt, parse and lock for), so reading
+#: each 64 KiB frame as it arrives costs both ends CPU; a 2-core device is CPU-bound.
+#: The pause adds at most this much latency to a chunk.
+DATA_READ_PAUSE = 0.002
+#: ... but only once the stream's receive window has grown this large (yamux doubles
+#: it, up to 16 MiB, while updates follow each other within 4 RTTs): with the initial
+#: 256 KiB window a pause would cap the rate at window / pause, and pausing reads
+#: before it has grown would keep it from growing.
+PAUSE_MIN_WINDOW = 4 << 20
+#: Chunk frames are written in pieces of this size: a yamux frame (12-byte header +
+#: payload) then fits one Noise transport message (at most 65519 bytes of plaintext).
+#: A 1 MiB write would become 64 KiB yamux frames, each split by Noise into a full
+#: message and a 17-byte one: twice the encryptions, socket writes and, on the
+#: receiver, message reads and decryptions.
+DATA_WRITE_SIZE = 65519 - 12
 #: Control frames queued for one peer before the peer counts as stuck (the core
 #: bounds what it sends; this only guards against a peer that never reads).
 CONTROL_QUEUE = 4096
 #: How long a dial (connect + stream negotiation) may take.
 DIAL_TIMEOUT = 10.0
+
+#: A frame's fixed prefix: u32 length, u8 version, u8 type, u16 chunk-header length.
+_PREFIX = struct.Struct(">IBBH")
+_LEN_SIZE = 4
 
 Deliver = Callable[[str, Message], None]
 log = logging.getLogger("edgemesh.chunks")
@@ -64,7 +102,7 @@ class _Send:
     chunk_id: ChunkId
     length: int
     ready: trio.Event = field(default_factory=trio.Event)
-    payload: bytes | None = None
+    frame: bytes | None = None
     error: str = ""
 
 
@@ -199,7 +237,7 @@ class ChunkTransport:
                     n.start_soon(self._write_data, link)
                     await self._read(link.peer, link.stream, True)
                     n.cancel_scope.cancel()
-            except* _LinkEnded:
+            except* _LinkEnded:  # a writer's stream failed (trio wraps it in a group)
                 pass
             except* Exception as eg:  # noqa: BLE001 -- a bug or odd libp2p error: end this link only
                 log.warning("link to %s failed: %r", link.peer, eg.exceptions[0])
@@ -226,7 +264,35 @@ class ChunkTransport:
             await _reset(stream)
             return
         link.data_in.append(stream)  # read (and reset at the end) by the link's tasks
-        link.nursery.start_soon(self._read, peer, stream, False)
+        link.nursery.start_soon(self._read_data, peer, stream)
+
+    async def _read_data(self, peer: str, stream: Any) -> None:
+        """Read a data stream: CHUNK_DATA frames only, each payload copied once into a
+        buffer of its exact size (no growing decode buffer to append to, slice out of and
+        shift), then handed to the driver."""
+        reader = _ChunkReader(MAX_FRAME if self._max_frame is None else self._max_frame)
+        while True:
+            try:
+                data = await stream.read(READ_SIZE)
+            except Exception:  # noqa: BLE001 -- StreamEOF, StreamReset, connection errors
+                return
+            if not data:
+                return
+            try:
+                for msg in reader.feed(data):
+                    if peer not in self._links:
+                        return
+                    self._deliver(peer, msg)
+            except EdgemeshError as e:
+                self._violation(peer, str(e))
+                self.close(peer, str(e))
+                return
+            if (
+                len(data) < READ_SIZE
+                and DATA_READ_PAUSE > 0
+                and _recv_window(stream) >= PAUSE_MIN_WINDOW
+            ):
+                await trio.sleep(DATA_READ_PAUSE)
 
     async def _read(self, peer: str, stream: Any, control: bool) -> None:
         decoder = (
@@ -272,9 +338,7 @@ class ChunkTransport:
 
     async def _prefetch(self, item: _Send) -> None:
         try:
-            item.payload = await trio.to_thread.run_sync(
-                self._read_chunk, item.chunk_id, limiter=self._readers
-            )
+            item.frame = await trio.to_thread.run_sync(self._framed, item, limiter=self._readers)
         except EdgemeshError as e:
             item.error = str(e)
         except OSError as e:
@@ -282,33 +346,188 @@ class ChunkTransport:
         finally:
             item.ready.set()
 
+    def _framed(self, item: _Send) -> bytes:
+        """On a worker thread: the chunk's whole CHUNK_DATA frame (header + payload), so
+        the trio thread neither reads, hashes nor copies a megabyte."""
+        payload = self._read_chunk(item.chunk_id)
+        return encode_chunk_header(item.release_id, item.index, len(payload)) + payload
+
     async def _write_data(self, link: _Link) -> None:
-        async for item in link.data_recv:
-            await item.ready.wait()
-            if item.payload is None:
-                self._sent(link.peer, item.release_id, item.index, item.error or "unreadable")
-                continue
-            try:
-                if link.data_out is None:
-                    link.data_out = await self.host.new_stream(
-                        ID.from_base58(link.peer), [DATA_PROTOCOL_ID]
-                    )
-                header = encode_chunk_header(item.release_id, item.index, len(item.payload))
-                await link.data_out.write(header + item.payload)
-            except Exception:  # noqa: BLE001 -- StreamClosed, StreamReset, ...
-                # The data stream broke (e.g. the peer replaced a duplicate link and
-                # reset it): this chunk is lost -- the requester times out and asks
-                # again -- but the link lives on; the next chunk opens a new stream.
-                # A dead connection ends the link through its control stream.
+        """Write queued chunk frames in order, as one byte stream cut into pieces of
+        ``DATA_WRITE_SIZE``: a frame's last partial piece is held back and written
+        together with the start of the next frame when that one is already queued and
+        read (else at once): a 1 MiB chunk then costs 16 yamux frames, not 17.  ``sent``
+        is reported once a chunk's last byte is written."""
+        tail = b""  # the end of the frame of unsent[0], not yet written
+        unsent: list[_Send] = []  # chunks being written, oldest first
+        try:
+            while True:
+                try:
+                    tail = await self._write_next(link, tail, unsent)
+                except _DataStreamBroken:
+                    # The data stream broke (e.g. the peer replaced a duplicate link
+                    # and reset it): the chunks on it are lost -- their requesters time
+                    # out and ask again -- but the session lives on and the next chunk
+                    # opens a new stream.  A dead connection ends the link through its
+                    # control stream.
+                    for item in unsent:
+                        self._sent(link.peer, item.release_id, item.index, "peer gone")
+                    unsent.clear()
+                    tail = b""
+                    broken, link.data_out = link.data_out, None
+                    if broken is not None:
+                        await _reset(broken)
+                except _ChannelDone:
+                    return
+        finally:
+            for item in unsent:  # never finished: free the core's upload slots
                 self._sent(link.peer, item.release_id, item.index, "peer gone")
-                broken, link.data_out = link.data_out, None
-                if broken is not None:
-                    await _reset(broken)
+
+    async def _write_next(self, link: _Link, tail: bytes, unsent: list[_Send]) -> bytes:
+        """Write the next queued frame (and the held-back tail); returns the new tail."""
+        if tail and link.data_recv.statistics().current_buffer_used == 0:
+            await self._write_piece(link, tail)
+            tail = b""
+            self._report_sent(link, unsent.pop(0))
+        try:
+            item = await link.data_recv.receive()
+        except trio.EndOfChannel:
+            item = None
+        if tail and (item is None or not item.ready.is_set()):
+            await self._write_piece(link, tail)
+            tail = b""
+            self._report_sent(link, unsent.pop(0))
+        if item is None:
+            raise _ChannelDone
+        await item.ready.wait()
+        frame, item.frame = item.frame, None
+        if frame is None:
+            self._sent(link.peer, item.release_id, item.index, item.error or "unreadable")
+            return tail
+        unsent.append(item)
+        view = memoryview(frame)  # slices of it are not copies
+        start = 0
+        if tail:
+            start = min(DATA_WRITE_SIZE - len(tail), len(view))
+            await self._write_piece(link, tail + view[:start])
+            tail = b""
+            self._report_sent(link, unsent.pop(0))
+        full = start + (len(view) - start) // DATA_WRITE_SIZE * DATA_WRITE_SIZE
+        for at in range(start, full, DATA_WRITE_SIZE):
+            await self._write_piece(link, view[at : at + DATA_WRITE_SIZE])
+        if full < len(view):
+            return bytes(view[full:])
+        self._report_sent(link, unsent.pop(0))
+        return b""
+
+    async def _write_piece(self, link: _Link, data: bytes | memoryview) -> None:
+        try:
+            if link.data_out is None:
+                link.data_out = await self.host.new_stream(
+                    ID.from_base58(link.peer), [DATA_PROTOCOL_ID]
+                )
+            await link.data_out.write(data)
+        except Exception:  # noqa: BLE001 -- StreamClosed, StreamReset, ...
+            raise _DataStreamBroken from None
+
+    def _report_sent(self, link: _Link, item: _Send) -> None:
+        self._sent(link.peer, item.release_id, item.index, "")
+
+
+class _ChunkReader:
+    """Incremental decoder of a data stream (CHUNK_DATA frames only).
+
+    The frame prefix and header (a few dozen bytes) are collected, then checked by
+    :func:`mesh.core.wire.decode` as a CHUNK_DATA frame with an empty payload (same
+    rules as :class:`~mesh.core.wire.FrameDecoder`: length bounded before anything is
+    allocated, version, type, header shape); the payload then goes straight into a
+    buffer of its announced size.  Any error is final (the caller drops the link)."""
+
+    def __init__(self, max_frame: int) -> None:
+        self._max = max_frame
+        self._head = bytearray()
+        self._need = _PREFIX.size  # bytes of prefix + header still to collect
+        self._msg: ChunkData | None = None
+        self._buf: bytearray | None = None
+        self._view: memoryview | None = None
+        self._pos = 0
+
+    def feed(self, data: bytes) -> list[ChunkData]:
+        out: list[ChunkData] = []
+        mv = memoryview(data)
+        while mv:
+            view = self._view
+            if view is not None:
+                n = min(len(mv), len(view) - self._pos)
+                view[self._pos : self._pos + n] = mv[:n]
+                self._pos += n
+                mv = mv[n:]
+                if self._pos == len(view):
+                    out.append(self._finish())
                 continue
-            self._sent(link.peer, item.release_id, item.index, "")
+            take = min(self._need, len(mv))
+            self._head += mv[:take]
+            mv = mv[take:]
+            self._need -= take
+            if self._need == 0:
+                msg = self._parse_head()
+                if msg is not None:
+                    out.append(msg)
+        return out
+
+    def _parse_head(self) -> ChunkData | None:
+        head = self._head
+        length, _version, mtype, hlen = _PREFIX.unpack_from(head)
+        if len(head) == _PREFIX.size:
+            if mtype != MessageType.CHUNK_DATA:
+                raise RemoteProtocolError(f"message type {mtype} on the data stream")
+            if length > self._max:
+                raise RemoteProtocolError(
+                    f"frame of {length} bytes exceeds the {self._max} byte limit"
+                )
+            if _PREFIX.size - _LEN_SIZE + hlen > length:
+                raise RemoteProtocolError("chunk data: header runs past the frame")
+            if hlen:
+                self._need = hlen
+                return None
+        # the frame without its payload, checked by the codec's own rules
+        body_len = len(head) - _LEN_SIZE
+        msg = decode(struct.pack(">I", body_len) + bytes(head[_LEN_SIZE:]))
+        if not isinstance(msg, ChunkData):  # pragma: no cover -- the type was checked
+            raise RemoteProtocolError("not a chunk frame on the data stream")
+        size = length - body_len
+        if size > MAX_CHUNK_SIZE:
+            raise RemoteProtocolError(f"chunk data: payload over {MAX_CHUNK_SIZE} bytes")
+        self._head = bytearray()
+        self._need = _PREFIX.size
+        if size == 0:
+            return msg
+        self._msg = msg
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        return None
+
+    def _finish(self) -> ChunkData:
+        assert self._msg is not None
+        assert self._buf is not None
+        assert self._view is not None
+        self._view.release()
+        # the store hashes and writes any bytes-like payload; the core only takes len()
+        msg = ChunkData(self._msg.release_id, self._msg.index, cast(bytes, self._buf))
+        self._msg = self._buf = self._view = None
+        return msg
 
 
 class _LinkEnded(Exception):
+    pass
+
+
+class _DataStreamBroken(Exception):
+    pass
+
+
+class _ChannelDone(Exception):
     pass
 
 
@@ -318,6 +537,15 @@ async def _reset(stream: Any) -> None:
             await stream.reset()
     except Exception:  # noqa: BLE001, S110 -- already closed: nothing to do
         pass
+
+
+def _recv_window(stream: Any) -> int:
+    """The yamux receive window a stream has grown to (0 if unknown): an internal of the
+    pinned py-libp2p 0.8.1 (``NetStream.muxed_stream.target_recv_window``); if a later
+    version drops it, data streams are simply read without pauses."""
+    muxed = getattr(stream, "muxed_stream", stream)
+    window = getattr(muxed, "target_recv_window", 0)
+    return window if isinstance(window, int) else 0
 
 
 def _remote_ip(stream: Any) -> str | None:

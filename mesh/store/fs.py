@@ -206,6 +206,20 @@ class FsStore(BaseStore):
         for d in dirs:
             _fsync_dir(d)
 
+    # -- fast paths ---
+
+    def put(self, chunk_id: ChunkId, data: Buffer) -> bool:
+        """:meth:`BaseStore.put` without its defensive ``bytes()`` copy: this store
+        writes ``data`` to disk before returning and keeps no reference to it, so a
+        ``bytearray`` or ``memoryview`` (the chunk streams' receive buffers) is
+        verified and written as it is.  Same checks, same result."""
+        self._check_size(data)
+        if ChunkId.of(data) != chunk_id:
+            with self._lock:
+                self._integrity_failures += 1
+            raise IntegrityError(f"chunk {chunk_id.short()}: data does not match its hash")
+        return self._store(chunk_id, data)
+
     # -- chunk primitives ---
 
     def _chunk_path(self, chunk_id: ChunkId) -> Path:

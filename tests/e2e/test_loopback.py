@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -71,7 +73,7 @@ def test_mdns_late_joiner_and_forged_announcement(cluster: Cluster) -> None:
     rogue = cluster.seed(rogue_model, "--config", str(fast), name="rogue", version=2, key=rogue_key)
     rogue.info()
     for n in [*nodes, late]:  # every node hears of v2 (hello, gossip) and refuses it
-        n.wait_for("the forged release to be refused", lambda st, n=n: "release m v2" in n.text())
+        n.wait_for("the forged release to be refused", _logged(n, "release m v2"))
     time.sleep(3)  # a few more re-announcements through gossip
     for n in [*nodes, late]:
         st = n.status()
@@ -86,6 +88,10 @@ def test_mdns_late_joiner_and_forged_announcement(cluster: Cluster) -> None:
             assert "is not in the trust store" in log
     rogue_id = rogue.info()["peer_id"]
     assert any(rogue_id in n.status()["banned"] for n in [*nodes, late])
+
+
+def _logged(node: Node, text: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda st: text in node.text()
 
 
 def test_kill9_mid_transfer_resumes_from_verified_chunks(cluster: Cluster) -> None:

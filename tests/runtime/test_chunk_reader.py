@@ -1,0 +1,65 @@
+"""The data-stream decoder of the chunk adapter (``mesh.runtime.chunks._ChunkReader``):
+same frames and same refusals as the core's ``FrameDecoder``, in any split."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from mesh.core.wire import MAX_FRAME, ChunkData, ChunkRequest, encode
+from mesh.errors import RemoteProtocolError
+from mesh.ids import ReleaseId
+from mesh.runtime.chunks import _ChunkReader
+
+RID = ReleaseId(bytes(range(32)))
+
+
+def _frames(rng: random.Random) -> list[ChunkData]:
+    sizes = [0, 1, 7, 4096, 65536 + 13, 1 << 20]
+    return [ChunkData(RID, i, rng.randbytes(n)) for i, n in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_any_split_gives_the_same_chunks(seed: int) -> None:
+    rng = random.Random(seed)
+    msgs = _frames(rng)
+    stream = b"".join(encode(m) for m in msgs)
+    reader = _ChunkReader(MAX_FRAME)
+    got: list[ChunkData] = []
+    pos = 0
+    while pos < len(stream):
+        n = rng.choice([1, 2, 3, 9, 100, 65536, 1 << 20])
+        got += reader.feed(stream[pos : pos + n])
+        pos += n
+    assert [(m.release_id, m.index, bytes(m.payload)) for m in got] == [
+        (m.release_id, m.index, m.payload) for m in msgs
+    ]
+
+
+def test_control_message_on_the_data_stream_is_refused() -> None:
+    with pytest.raises(RemoteProtocolError, match="data stream"):
+        _ChunkReader(MAX_FRAME).feed(encode(ChunkRequest(RID, 3)))
+
+
+def test_oversize_frame_is_refused_before_allocation() -> None:
+    head = struct.pack(">IBBH", MAX_FRAME + 1, 1, 7, 10)
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        _ChunkReader(MAX_FRAME).feed(head)
+
+
+def test_header_past_the_frame_is_refused() -> None:
+    head = struct.pack(">IBBH", 10, 1, 7, 200)
+    with pytest.raises(RemoteProtocolError, match="past the frame"):
+        _ChunkReader(MAX_FRAME).feed(head)
+
+
+def test_wrong_version_and_bad_header_are_refused() -> None:
+    frame = bytearray(encode(ChunkData(RID, 1, b"abc")))
+    frame[4] = 99
+    with pytest.raises(RemoteProtocolError, match="version"):
+        _ChunkReader(MAX_FRAME).feed(bytes(frame))
+    bad = struct.pack(">IBBH", 4 + 3 + 5, 1, 7, 3) + b"\xc1\xc1\xc1" + b"12345"
+    with pytest.raises(RemoteProtocolError):
+        _ChunkReader(MAX_FRAME).feed(bad)

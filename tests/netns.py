@@ -40,15 +40,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 #: Seconds a process gets between SIGTERM and SIGKILL at teardown: an edgemesh node
 #: unregisters its mDNS record and closes its host in well under a second.
 TERM_GRACE_S = 5.0
 _CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 class NetnsUnavailable(RuntimeError):
@@ -320,30 +321,50 @@ class Lan:
             check=False,
         )
 
-    def connect(self, node: NetNode, host: str, port: int, timeout: float = 5.0) -> socket.socket:
-        """A TCP socket connected from inside ``node``'s namespace (e.g. to its local
-        API on 127.0.0.1) without starting a process: a short-lived thread enters the
-        namespace with ``setns(2)``, creates the socket, and exits."""
-        result: list[socket.socket | BaseException] = []
+    def in_netns(self, ns: str, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` inside namespace ``ns`` without starting a process: a short-lived
+        thread enters it with ``setns(2)`` (which changes only that thread), calls
+        ``fn`` and exits.  Sockets it creates stay in that namespace."""
+        result: list[T] = []
+        error: list[BaseException] = []
 
         def work() -> None:
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-                with open(f"/run/netns/{node.ns}", "rb") as f:
+                with open(f"/run/netns/{ns}", "rb") as f:
                     if libc.setns(f.fileno(), _CLONE_NEWNET) != 0:
                         err = ctypes.get_errno()
-                        raise OSError(err, f"setns {node.ns}: {os.strerror(err)}")
-                result.append(socket.create_connection((host, port), timeout=timeout))
+                        raise OSError(err, f"setns {ns}: {os.strerror(err)}")
+                result.append(fn())
             except BaseException as e:  # noqa: BLE001 -- handed to the caller
-                result.append(e)
+                error.append(e)
 
-        t = threading.Thread(target=work, name=f"setns-{node.ns}")
+        t = threading.Thread(target=work, name=f"setns-{ns}")
         t.start()
         t.join()
-        r = result[0]
-        if isinstance(r, BaseException):
-            raise r
-        return r
+        if error:
+            raise error[0]
+        return result[0]
+
+    def connect(self, node: NetNode, host: str, port: int, timeout: float = 5.0) -> socket.socket:
+        """A TCP socket connected from inside ``node``'s namespace (e.g. to its local
+        API on 127.0.0.1), without starting a process."""
+        return self.in_netns(node.ns, lambda: socket.create_connection((host, port), timeout))
+
+    def port_bytes(self) -> dict[int, tuple[int, int]]:
+        """Per node index, (bytes it sent, bytes it received) so far, counted at its
+        switch port (``/proc/thread-self/net/dev`` read inside the switch namespace:
+        one cheap read for the whole LAN, Ethernet frames included)."""
+        text = self.in_netns(self.switch, lambda: Path("/proc/thread-self/net/dev").read_text())
+        by_port = {n.port: n.index for n in self.nodes}
+        out = {}
+        for line in text.splitlines()[2:]:
+            name, _, rest = line.partition(":")
+            f = rest.split()
+            if name.strip() in by_port:
+                # the port receives what the node sends, and transmits what it receives
+                out[by_port[name.strip()]] = (int(f[0]), int(f[8]))
+        return out
 
     def http_get_json(self, node: NetNode, port: int, path: str, timeout: float = 5.0) -> Any:
         """GET ``http://127.0.0.1:port/path`` inside the node's namespace (HTTP/1.1,

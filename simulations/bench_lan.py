@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,10 @@ def _link_use(
     samples: list[tuple[float, dict[int, tuple[int, int]]]], t0: float, sc: Scenario, n: int
 ) -> dict[str, Any]:
     """From switch-port byte counters (Ethernet frames) sampled every ~0.2 s: when the
-    seed had sent (99 % of) everything it sent, how busy its uplink was until then, and
-    per-second rates of the seed's uplink and of all devices' downloads together."""
+    seed had sent (99 % of) everything it sent, how busy its uplink was from the first
+    contact until then (wire bytes / set rate), and per-second rates of the seed's
+    uplink and of all devices' downloads together (second 0 starts at the seed's
+    process start, the others at the first contact)."""
     if len(samples) < 2:
         return {}
     ts = [_since(t, t0) for t, _ in samples]
@@ -144,7 +147,8 @@ def _link_use(
     total = seed_sent[-1] - seed_sent[0]
     i99 = next(i for i, b in enumerate(seed_sent) if b - seed_sent[0] >= 0.99 * total)
     seed_done = ts[i99]
-    busy = (seed_sent[i99] - seed_sent[0]) / max(seed_done - ts[0], 1e-9) / sc.seed_up_bps
+    i0 = next((i for i, t in enumerate(ts) if t >= 0), 0)  # first sample after contact
+    busy = (seed_sent[i99] - seed_sent[i0]) / max(seed_done - ts[i0], 1e-9) / sc.seed_up_bps
 
     def per_second(series: list[int]) -> list[float]:
         out, j = [], 0
@@ -251,6 +255,7 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
             _wait_ready(d, p, 120)
         _log(f"{n} devices up; starting the seed")
         cpu0 = {p.pid: p.cpu_seconds() or 0.0 for _, p, _ in joins}
+        wait0 = {p.pid: p.runqueue_wait_seconds() or 0.0 for _, p, _ in joins}
         m0, wall0 = _machine_cpu(), time.monotonic()
         seed_argv = [
             *EDGEMESH,
@@ -273,11 +278,12 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
             "--json",
         ]
         seed = lan.popen(seed_node, seed_argv, name="seed", env=env)
-        seed_cpu = 0.0
+        seed_cpu = seed_wait = 0.0
         deadline = time.monotonic() + timeout
         samples: list[tuple[float, dict[int, tuple[int, int]]]] = []
         while seed.popen.poll() is None:
             seed_cpu = seed.cpu_seconds() or seed_cpu
+            seed_wait = seed.runqueue_wait_seconds() or seed_wait
             samples.append((_time_of_day(), lan.port_bytes()))
             if time.monotonic() > deadline:
                 stop(seed)
@@ -290,6 +296,11 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
             for node, p, _ in joins
         }
         cpu["seed"] = round(seed_cpu, 2)  # last sample before it exited (<= 0.2 s missing)
+        waits = {
+            f"join{node.index}": round((p.runqueue_wait_seconds() or 0.0) - wait0[p.pid], 2)
+            for node, p, _ in joins
+        }
+        waits["seed"] = round(seed_wait, 2)
         if seed.popen.returncode != 0:
             raise SystemExit(f"seed failed:\n{seed.stderr()[-3000:]}")
         summary = json.loads(seed.stdout().strip().splitlines()[-1])
@@ -335,6 +346,8 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
         **links,
         "cpu_s": cpu,
         "cpu_s_total": round(sum(cpu.values()), 2),
+        "runqueue_wait_s": waits,
+        "runqueue_wait_s_mean": round(statistics.mean(waits.values()), 2),
         "cpu_wall_s": round(wall, 2),
         "cpu_share_of_machine": round(sum(cpu.values()) / (wall * ncpu), 3),
         "machine_busy_share": round(busy, 3),
@@ -359,6 +372,26 @@ def _sim_seed_done(sim: dict[str, Any]) -> float | None:
     buckets = tl.get("bytes") or []
     last = max((i for i, b in enumerate(buckets) if b), default=None)
     return None if last is None else (last + 1) * float(tl.get("bucket_s", 0.5))
+
+
+def sim_at_goodput(sc: Scenario, scale: float, seed: int) -> float | None:
+    """The simulator's completion with every rate scaled to the measured goodput
+    (Ethernet/IP/TCP headers removed): what the simulator would predict if it knew
+    about header overhead."""
+    from mesh.sim.engine import Simulation
+    from mesh.sim.report import build_report
+
+    scaled = replace(
+        sc,
+        seed_up_bps=sc.seed_up_bps * scale,
+        seed_down_bps=sc.seed_down_bps * scale,
+        devices=tuple(
+            replace(d, up_bps=d.up_bps * scale, down_bps=d.down_bps * scale) for d in sc.devices
+        ),
+    )
+    rep = build_report(Simulation(scaled, seed=seed).run(None), wall_s=0.0)
+    done = rep.get("completion_s")
+    return float(done) if done is not None else None
 
 
 def main() -> int:
@@ -424,6 +457,7 @@ def main() -> int:
         "sim_seed_upload_ratio": sim.get("seed_upload_ratio"),
         "sim_completion_p50_s": sim.get("completion_p50_s"),
         "sim_seed_done_s": _sim_seed_done(sim),
+        "sim_goodput_completion_s": sim_at_goodput(sc, scale, args.sim_seed),
         "sim_vs_measured": round(sim_diff, 3) if sim_diff is not None else None,
         "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
         **{k: v for k, v in real.items() if k not in ("model_bytes", "completion_s")},

@@ -127,6 +127,18 @@ class Proc:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
+    def runqueue_wait_seconds(self) -> float | None:
+        """Seconds its threads spent runnable but waiting for a CPU (``schedstat``,
+        summed over the threads alive now): how much CPU contention delayed it."""
+        total = 0
+        try:
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    total += int((task / "schedstat").read_text().split()[1])
+        except OSError:
+            return None
+        return total / 1e9
+
 
 class Lan:
     """A bridge LAN of ``n`` namespaces.  Use as a context manager."""

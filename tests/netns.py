@@ -128,16 +128,12 @@ class Proc:
         return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
     def runqueue_wait_seconds(self) -> float | None:
-        """Seconds its threads spent runnable but waiting for a CPU (``schedstat``,
-        summed over the threads alive now): how much CPU contention delayed it."""
-        total = 0
+        """Seconds its main thread (where trio's loop runs) spent runnable but waiting
+        for a CPU (``/proc/PID/schedstat``): how much CPU contention delayed it."""
         try:
-            for task in Path(f"/proc/{self.pid}/task").iterdir():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    total += int((task / "schedstat").read_text().split()[1])
-        except OSError:
+            return int(Path(f"/proc/{self.pid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
             return None
-        return total / 1e9
 
 
 class Lan:

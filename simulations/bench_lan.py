@@ -179,6 +179,18 @@ def lower_bound(f: float, c: float, seed_up: float, ups: list[float], downs: lis
     return max(first, f / min(downs), n * f / (seed_up + sum(ups)))
 
 
+def _dump_statuses(lan: Lan, path: Path) -> None:
+    """Every node's status document, for a post-mortem of a run that did not finish."""
+    docs: dict[str, Any] = {}
+    for node in lan.nodes:
+        try:
+            docs[node.ns] = lan.http_get_json(node, API_PORT, "/edgemesh/status")
+        except (OSError, RuntimeError, ValueError) as e:
+            docs[node.ns] = {"error": str(e)}
+    path.write_text(json.dumps(docs, indent=1, sort_keys=True))
+    _log(f"statuses written to {path}")
+
+
 def _wait_ready(data_dir: Path, p: Proc, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -286,6 +298,7 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
             seed_wait = seed.runqueue_wait_seconds() or seed_wait
             samples.append((_time_of_day(), lan.port_bytes()))
             if time.monotonic() > deadline:
+                _dump_statuses(lan, work / "statuses-at-timeout.json")
                 stop(seed)
                 raise SystemExit(f"no {n} copies after {timeout:.0f} s:\n{seed.stderr()[-3000:]}")
             time.sleep(0.2)

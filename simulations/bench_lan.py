@@ -21,6 +21,11 @@ How:
    from then on the seed can connect and hand out chunks).  ``completion_from_seed_
    start_s`` measures from the seed's ``listening`` line instead (adds mDNS
    discovery, ~0.1-1 s).  Log lines carry milliseconds; all processes share one clock.
+   The measurement does not depend on the seed's own copy count: if every device has
+   verified but the seed has not exited 15 s later (it did not count every copy: a
+   runtime bug, see ``docs/lan-testing.md``), the statuses of all nodes are written to
+   ``statuses-at-timeout.json`` in the work dir, the seed's upload is read from its
+   API, and ``seed_exited`` is false.
    Activation (onnxruntime load, checks, swap) is not part of completion, as in the
    simulator; it does run during the measurement on nodes that finished early.
 4. CPU: per-process user+system seconds (``/proc/PID/stat``) from "all devices up"
@@ -74,6 +79,9 @@ TARGET_SIM_DIFF = 0.2
 API_PORT = 8470  # every node's default API port: each namespace has its own loopback
 P2P_PORT = 4101
 EDGEMESH = [sys.executable, "-m", "mesh"]
+#: After every device logged ``verified:``, how long the seed may take to count the
+#: copies and exit (it polls every 0.2 s; have-updates arrive within milliseconds).
+SEED_GRACE_S = 15.0
 _TS = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) (.*)$")
 
 
@@ -177,6 +185,10 @@ def lower_bound(f: float, c: float, seed_up: float, ups: list[float], downs: lis
     u_max = max([seed_up, *ups])
     first = f / seed_up + (math.floor(math.log2(n)) * c / u_max if n > 1 else 0.0)
     return max(first, f / min(downs), n * f / (seed_up + sum(ups)))
+
+
+def _copies(seed: Proc) -> list[str]:
+    return [msg for _, msg in _log_times(seed) if msg.startswith("copy ")]
 
 
 def _dump_statuses(lan: Lan, path: Path) -> None:
@@ -293,14 +305,27 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
         seed_cpu = seed_wait = 0.0
         deadline = time.monotonic() + timeout
         samples: list[tuple[float, dict[int, tuple[int, int]]]] = []
+        all_done_at: float | None = None
+        summary: dict[str, Any] | None = None
         while seed.popen.poll() is None:
             seed_cpu = seed.cpu_seconds() or seed_cpu
             seed_wait = seed.runqueue_wait_seconds() or seed_wait
             samples.append((_time_of_day(), lan.port_bytes()))
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if all_done_at is None and all(_first(p, "verified:") for _, p, _ in joins):
+                all_done_at = now
+            if now > deadline or (all_done_at is not None and now > all_done_at + SEED_GRACE_S):
+                # every device verified but the seed does not count them all (or the
+                # deadline passed): record why, measure from the logs anyway
                 _dump_statuses(lan, work / "statuses-at-timeout.json")
-                stop(seed)
-                raise SystemExit(f"no {n} copies after {timeout:.0f} s:\n{seed.stderr()[-3000:]}")
+                st = lan.http_get_json(seed_node, API_PORT, "/edgemesh/status")
+                summary = {
+                    "model_bytes": int(pub["bytes"]),
+                    "seed_uploaded_bytes": st["bytes_uploaded"],
+                    "copies_counted_by_seed": len(_copies(seed)),
+                    "exited": False,
+                }
+                break
             time.sleep(0.2)
         wall = time.monotonic() - wall0
         m1 = _machine_cpu()
@@ -314,9 +339,14 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
             for node, p, _ in joins
         }
         waits["seed"] = round(seed_wait, 2)
-        if seed.popen.returncode != 0:
-            raise SystemExit(f"seed failed:\n{seed.stderr()[-3000:]}")
-        summary = json.loads(seed.stdout().strip().splitlines()[-1])
+        if summary is None:
+            if seed.popen.returncode != 0:
+                raise SystemExit(f"seed failed:\n{seed.stderr()[-3000:]}")
+            summary = json.loads(seed.stdout().strip().splitlines()[-1])
+            summary["exited"] = True
+        else:
+            _log(f"the seed counted {summary['copies_counted_by_seed']} of {n} copies")
+            stop(seed)
 
         t_listen = _first(seed, "node ")
         t_contact = _first(seed, "peer found")
@@ -325,7 +355,7 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
         for node, p, _ in joins:
             t = _first(p, "verified:")
             if t is None:
-                raise SystemExit(f"join{node.index} logged no 'verified:' line")
+                raise SystemExit(f"join{node.index} did not verify within {timeout:.0f} s")
             done[f"join{node.index}"] = t
             statuses[f"join{node.index}"] = lan.http_get_json(node, API_PORT, "/edgemesh/status")
         drops = {
@@ -352,6 +382,7 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
         "completion_p50_s": round(statistics.median(per_node.values()), 3),
         "per_node_completion_s": per_node,
         "seed_summary": summary,
+        "seed_exited": summary["exited"],
         "seed_uploaded_bytes": summary["seed_uploaded_bytes"],
         "peer_uploaded_bytes": {k: v["bytes_uploaded"] for k, v in statuses.items()},
         "wasted_bytes": sum(v.get("wasted_bytes", 0) for v in statuses.values()),

@@ -80,6 +80,22 @@ def _status(lan: Lan, node_index: int, data_dir: Path, env: dict[str, str]) -> d
     return doc
 
 
+def _sessions(lan: Lan) -> str:
+    """Per node: its transport's peers and the peers its core keeps a session with
+    (``peer_traffic``): a difference means a connection the core does not know of."""
+    lines = []
+    for node in lan.nodes:
+        try:
+            st = lan.http_get_json(node, 8470, "/edgemesh/status")
+        except (OSError, RuntimeError, ValueError) as e:
+            lines.append(f"{node.ns}: {e}")
+            continue
+        links = sorted(p[-6:] for p in st.get("peers", []))
+        core = sorted(p[-6:] for p in st.get("peer_traffic", {}))
+        lines.append(f"{node.ns} {st['peer_id'][-6:]}: links {links} core {core}")
+    return "\n".join(lines)
+
+
 def _tail(p: Proc, n: int = 30) -> str:
     return "\n".join(p.stderr().splitlines()[-n:])
 
@@ -142,7 +158,10 @@ def test_seed_and_four_nodes_over_mdns(lan: Lan, tmp_path: Path) -> None:
         rc = seed.popen.wait(timeout=SEED_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         logs = "\n".join(f"--- join{p.node.index}\n{_tail(p)}" for p, _ in joins)
-        pytest.fail(f"the seed did not see {PEERS} copies:\n--- seed\n{_tail(seed)}\n{logs}")
+        pytest.fail(
+            f"the seed did not see {PEERS} copies:\n--- seed\n{_tail(seed)}\n{logs}\n"
+            f"--- sessions (transport links vs the core's peers)\n{_sessions(lan)}"
+        )
     assert rc == 0, _tail(seed)
     summary = json.loads(seed.stdout().strip().splitlines()[-1])
     assert summary["copies"] == PEERS

@@ -348,6 +348,7 @@ class MeshNode:
         self._requests: dict[tuple[ReleaseId, int, PeerId], float] = {}  # chunk requests out
         self._backoff_peers: set[PeerId] = set()  # peers that said BUSY recently
         self._backoff_epoch = 0  # bumped whenever a peer starts backing off
+        self._released = 0  # bumped whenever a chunk request ends (a request slot frees)
         self._stats = {
             "bytes_up": 0,
             "bytes_down": 0,
@@ -394,52 +395,58 @@ class MeshNode:
         self._serve_uploads()
 
     def next_deadline(self) -> float | None:
-        times: list[float] = []
-        peers = self._peers
-        oldest: dict[PeerId, float] = {}  # per peer, its oldest request decides
-        for (_, _, peer), sent in self._requests.items():
-            if sent < oldest.get(peer, math.inf):
-                oldest[peer] = sent
-        for peer, sent in oldest.items():
-            times.append(sent + self._timeout(peers[peer]))
-        for p in self._manifest_waits():
-            for sent in p.manifest_inflight.values():
-                times.append(sent + self.config.manifest_timeout)
-        for p in self._backoffs():
-            times.append(p.busy_until)
+        # called after every event: a running minimum, no lists, cheap checks first
+        best = math.inf
+        c = self.config
+        if self._requests:
+            peers = self._peers
+            timeouts: dict[PeerId, float] = {}
+            for (_, _, peer), sent in self._requests.items():
+                limit = timeouts.get(peer)
+                if limit is None:
+                    limit = timeouts[peer] = self._timeout(peers[peer])
+                if sent + limit < best:
+                    best = sent + limit
+        if self._heads or self._hints:
+            for p in self._manifest_waits():
+                for sent in p.manifest_inflight.values():
+                    best = min(best, sent + c.manifest_timeout)
+            for h in self._wanted():
+                if h.next_try < best and not self._manifest_pending(h.release_id):
+                    best = h.next_try
+        if self._backoff_peers:
+            for p in self._backoffs():
+                best = min(best, p.busy_until)
         if self._have_flush_at is not None:
-            times.append(self._have_flush_at)
+            best = min(best, self._have_flush_at)
+        now = self._now
         for s in self._swarms.values():
-            if s.n - s.have_count <= self.config.endgame_chunks and not s.complete:
+            if s.requested and s.n - s.have_count <= c.endgame_chunks and not s.complete:
                 for holders in s.requested.values():
                     if len(holders) == 1:
                         ((peer, t),) = holders.items()
                         due = t + self._endgame_delay(peer)
-                        if due > self._now:  # once due, the scheduler acts on events
-                            times.append(due)
+                        if now < due < best:  # once due, the scheduler acts on events
+                            best = due
         if self._announcements:
-            times.append(self._next_announce)
-        if self._candidates and len(self._peers) < self.config.max_peers:
-            times.append(self._next_dial)
-        if self.config.super_seed and self._peers:
-            times.append(self._next_stall_check)
+            best = min(best, self._next_announce)
         if self._peers:
-            times.append(self._next_refresh)
-        if self._heads or self._hints:
-            for h in self._wanted():
-                if not self._manifest_pending(h.release_id):
-                    times.append(h.next_try)
+            best = min(best, self._next_refresh)
+            if c.super_seed:
+                best = min(best, self._next_stall_check)
+        if self._candidates and len(self._peers) < c.max_peers:
+            best = min(best, self._next_dial)
         # a rate limit matters only while the bucket is empty: when it refills, the
         # waiting uploads/requests go ahead (a deadline at "now" would spin)
-        if self.config.upload_rate is not None and any(p.queue for p in self._peers.values()):
-            t = self._up_bucket.ready_at(now=self._now)
-            if t > self._now:
-                times.append(t)
-        if self.config.download_rate is not None and self._needs_download():
-            t = self._down_bucket.ready_at(now=self._now)
-            if t > self._now:
-                times.append(t)
-        return min(times) if times else None
+        if c.upload_rate is not None and any(p.queue for p in self._peers.values()):
+            t = self._up_bucket.ready_at(now=now)
+            if now < t < best:
+                best = t
+        if c.download_rate is not None and self._needs_download():
+            t = self._down_bucket.ready_at(now=now)
+            if now < t < best:
+                best = t
+        return None if best == math.inf else best
 
     def _manifest_waits(self) -> list[_Peer]:
         if not (self._heads or self._hints):
@@ -1103,7 +1110,8 @@ class MeshNode:
         p = self._peers.get(peer)
         if p is not None:
             p.inflight.pop((rid, index), None)
-        self._requests.pop((rid, index, peer), None)
+        if self._requests.pop((rid, index, peer), None) is not None:
+            self._released += 1
         s = self._swarms.get(rid)
         if s is None:
             return
@@ -1196,15 +1204,15 @@ class MeshNode:
             if not rare:
                 continue
             # nothing changed since the last fruitless pass: skip the peer scan
-            snapshot = (rare, len(self._requests), len(self._peers), self._backoff_epoch)
+            # (new requests cannot make a fruitless pass fruitful; ended ones can)
+            snapshot = (rare, self._released, len(self._peers), self._backoff_epoch)
             if snapshot == s.rare_snapshot:
                 continue
+            rid = s.rid
             for p in self._peers.values():
-                if len(self._requests) >= limit:
-                    return
-                if p.busy_until > now or len(p.inflight) > c.per_peer_requests:
+                bits = p.have.get(rid, 0) & rare  # usually nothing: test it first
+                if not bits or p.busy_until > now or len(p.inflight) > c.per_peer_requests:
                     continue
-                bits = p.have.get(s.rid, 0) & rare
                 while bits and len(p.inflight) <= c.per_peer_requests:
                     low = bits & -bits
                     bits ^= low
@@ -1212,7 +1220,7 @@ class MeshNode:
                     self._request(p, s, low.bit_length() - 1)
                     if len(self._requests) >= limit:
                         return
-            s.rare_snapshot = (rare, len(self._requests), len(self._peers), self._backoff_epoch)
+            s.rare_snapshot = (rare, self._released, len(self._peers), self._backoff_epoch)
 
     def _requested_from(self, s: _Swarm, peer: PeerId) -> int:
         mask = 0

@@ -627,6 +627,7 @@ class Simulation:
             header + act.length,
             tuple(resources),
             (act.release_id, act.index, act.length),
+            fid=self.net.new_id(),  # before it enters any set: it is the hash
         )
         node.flows_out.add(flow)
         target.flows_in.add(flow)

@@ -103,8 +103,9 @@ class NodeConfig:
     #: and a chunk can only be served onwards once complete.
     max_requests: int = 4
     #: Extra requests allowed beyond max_requests for a chunk only one peer has (a
-    #: super-seed's reveal): fetching it at once keeps the seed's uplink busy.
-    rare_requests: int = 2
+    #: super-seed's reveal).  0: rare chunks are asked for first, within max_requests
+    #: (more concurrent downloads split the downlink and slow every one of them).
+    rare_requests: int = 0
     #: After a BUSY answer, leave that peer alone this long (seconds).
     busy_backoff: float = 0.1
     #: A super-seed reveals more to a peer whose have-set has not grown this long
@@ -114,10 +115,13 @@ class NodeConfig:
     reveal_per_peer: int = 2
     #: Chunks served at once; more split the uplink and delay every chunk.
     upload_slots: int = 4
-    #: Queued requests per peer, and in total, beyond which we answer BUSY: a
-    #: requester then asks another holder instead of waiting behind a long queue.
+    #: Requests queued (all upload slots busy) per peer, and in total, beyond which
+    #: we answer BUSY: a requester then asks another holder instead of waiting.  0:
+    #: no queue -- a request the node cannot serve at once is turned away within one
+    #: round trip, so no request slot of the requester sits idle in a queue while
+    #: other holders have free upload slots.
     upload_queue_per_peer: int = 4
-    upload_queue_total: int = 2
+    upload_queue_total: int = 0
     #: Batch have-updates this long: fewer messages, slightly later availability.
     have_interval: float = 0.02
     #: Request timeout: max(min, factor x this peer's typical delivery time).
@@ -290,6 +294,9 @@ class _Peer:
     local: bool = True  # on our LAN (as the driver saw the connection's address)
     # chunks it advertised and then denied having: its later claims to them are ignored
     denied: dict[ReleaseId, int] = field(default_factory=dict)
+    # it has asked us for a chunk, so it is fetching, not a (super-)seed: it need not
+    # hear about chunks it already holds (see _flush_have_updates)
+    fetcher: bool = False
 
     def has(self, rid: ReleaseId, index: int) -> bool:
         return bool(self.have.get(rid, 0) >> index & 1)
@@ -820,14 +827,16 @@ class MeshNode:
             return
         if msg.index >= s.n:
             raise RemoteProtocolError(f"chunk request index {msg.index} past the last chunk")
+        p.fetcher = True
         if not s.have >> msg.index & 1:
             self._send(p.id, Reject(RejectCode.NOT_HAVE, msg.release_id, msg.index))
             return
         if self.config.super_seed and not p.revealed.get(s.rid, s.full_mask) >> msg.index & 1:
             self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
             return
+        # a free slot serves the request at once; otherwise it waits in a short queue
         queued = sum(len(q.queue) for q in self._peers.values())
-        if (
+        if self._uploading_total + queued >= self.config.upload_slots and (
             len(p.queue) >= self.config.upload_queue_per_peer
             or queued >= self.config.upload_queue_total
         ):
@@ -1303,13 +1312,25 @@ class MeshNode:
                 continue
             updates = tuple(s.pending_updates)
             s.pending_updates = []
+            if self.config.super_seed and s.complete:
+                continue  # a super-seed reveals chunks one by one instead
+            batches = [
+                HaveUpdate(s.rid, updates[i : i + 4096]) for i in range(0, len(updates), 4096)
+            ]
             for p in self._peers.values():
                 if p.hello is None:
                     continue
-                if self.config.super_seed and s.complete:
-                    continue  # a super-seed reveals chunks one by one instead
-                for start in range(0, len(updates), 4096):
-                    self._send(p.id, HaveUpdate(s.rid, updates[start : start + 4096]))
+                theirs = p.have.get(s.rid, 0) if p.fetcher else 0
+                if theirs and any(theirs >> i & 1 for i in updates):
+                    # a fetching peer only asks for chunks it lacks: do not tell it about
+                    # the ones it holds.  A peer that never asked us for anything may be
+                    # a super-seed, which tracks who holds what: it hears everything.
+                    todo = tuple(i for i in updates if not theirs >> i & 1)
+                    for start in range(0, len(todo), 4096):
+                        self._send(p.id, HaveUpdate(s.rid, todo[start : start + 4096]))
+                    continue
+                for msg in batches:
+                    self._send(p.id, msg)
 
     def _reveal(self, p: _Peer, s: _Swarm) -> None:
         """Super-seeding: keep ``per_peer_requests`` unobtained chunks revealed to ``p``.

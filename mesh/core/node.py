@@ -286,6 +286,8 @@ class _Peer:
     bytes_from: int = 0
     bytes_to: int = 0
     delivery_ewma: float | None = None  # seconds from request to verified data
+    timeout: float = 0.0  # request timeout computed from ...
+    timeout_of: float | None = -1.0  # ... this delivery_ewma (-1: not yet computed)
     rate_ewma: float = 0.0  # bytes/s delivered to us
     manifest_inflight: dict[ReleaseId, float] = field(default_factory=dict)
     busy_until: float = 0.0  # it answered BUSY: do not ask it again before this
@@ -422,8 +424,15 @@ class MeshNode:
                 if h.next_try < best and not self._manifest_pending(h.release_id):
                     best = h.next_try
         if self._backoff_peers:
-            for p in self._backoffs():
-                best = min(best, p.busy_until)
+            ended = False
+            for pid in self._backoff_peers:
+                q = self._peers.get(pid)
+                if q is None or q.busy_until <= self._now:
+                    ended = True
+                elif q.busy_until < best:
+                    best = q.busy_until
+            if ended:
+                self._backoffs()  # forget ended backoffs (and let the rare pass retry)
         if self._have_flush_at is not None:
             best = min(best, self._have_flush_at)
         now = self._now
@@ -524,13 +533,16 @@ class MeshNode:
         self._actions.append(A.SendMessage(peer, msg))
 
     def _timeout(self, p: _Peer) -> float:
+        d = p.delivery_ewma
+        if d is p.timeout_of:  # memo: next_deadline asks after every event
+            return p.timeout
         c = self.config
-        if p.delivery_ewma is None:
-            return c.request_timeout_min * 2
-        return min(
-            c.request_timeout_max,
-            max(c.request_timeout_min, c.request_timeout_factor * p.delivery_ewma),
-        )
+        if d is None:
+            t = c.request_timeout_min * 2
+        else:
+            t = min(c.request_timeout_max, max(c.request_timeout_min, c.request_timeout_factor * d))
+        p.timeout, p.timeout_of = t, d
+        return t
 
     def _active(self) -> list[_Peer]:
         return [p for p in self._peers.values() if p.hello is not None]
@@ -835,13 +847,15 @@ class MeshNode:
             self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
             return
         # a free slot serves the request at once; otherwise it waits in a short queue
-        queued = sum(len(q.queue) for q in self._peers.values())
-        if self._uploading_total + queued >= self.config.upload_slots and (
-            len(p.queue) >= self.config.upload_queue_per_peer
-            or queued >= self.config.upload_queue_total
-        ):
-            self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
-            return
+        # (without a rate limit the queue is empty while a slot is free)
+        c = self.config
+        if self._uploading_total >= c.upload_slots or c.upload_rate is not None:
+            queued = sum(len(q.queue) for q in self._peers.values())
+            if self._uploading_total + queued >= c.upload_slots and (
+                len(p.queue) >= c.upload_queue_per_peer or queued >= c.upload_queue_total
+            ):
+                self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
+                return
         p.queue.append((msg.release_id, msg.index))
         self._serve_uploads()
 

@@ -409,13 +409,11 @@ class MeshNode:
         c = self.config
         if self._requests:
             peers = self._peers
-            timeouts: dict[PeerId, float] = {}
             for (_, _, peer), sent in self._requests.items():
-                limit = timeouts.get(peer)
-                if limit is None:
-                    limit = timeouts[peer] = self._timeout(peers[peer])
-                if sent + limit < best:
-                    best = sent + limit
+                p = peers[peer]
+                t = sent + (p.timeout if p.delivery_ewma is p.timeout_of else self._timeout(p))
+                if t < best:
+                    best = t
         if self._heads or self._hints:
             for p in self._manifest_waits():
                 for sent in p.manifest_inflight.values():
@@ -849,9 +847,14 @@ class MeshNode:
         # a free slot serves the request at once; otherwise it waits in a short queue
         # (without a rate limit the queue is empty while a slot is free)
         c = self.config
-        if self._uploading_total >= c.upload_slots or c.upload_rate is not None:
-            queued = sum(len(q.queue) for q in self._peers.values())
-            if self._uploading_total + queued >= c.upload_slots and (
+        up = self._uploading_total
+        if up >= c.upload_slots or c.upload_rate is not None:
+            queued = (
+                0  # every slot busy and no queue: BUSY, whatever is queued
+                if up >= c.upload_slots and c.upload_queue_total <= 0
+                else sum(len(q.queue) for q in self._peers.values())
+            )
+            if up + queued >= c.upload_slots and (
                 len(p.queue) >= c.upload_queue_per_peer or queued >= c.upload_queue_total
             ):
                 self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))

@@ -1196,6 +1196,7 @@ class MeshNode:
             if not missing:
                 continue
             endgame = (s.n - s.have_count) <= c.endgame_chunks
+            rid = s.rid
             progress = True
             while progress and total < c.max_requests:
                 progress = False
@@ -1206,7 +1207,7 @@ class MeshNode:
                         continue
                     if c.download_rate is not None and not self._down_bucket.ready(now=self._now):
                         return
-                    theirs = p.have.get(s.rid, 0) & missing
+                    theirs = p.have.get(rid, 0) & missing
                     if not theirs:
                         continue
                     cand = theirs & ~s.requested_mask
@@ -1218,6 +1219,8 @@ class MeshNode:
                     self._request(p, s, index)
                     total += 1
                     progress = True
+                if c.per_peer_requests <= 1:
+                    break  # a second round finds nothing: each peer got one or had none
 
     def _schedule_rare(self, swarms: list[_Swarm]) -> None:
         """Request at once chunks that only one peer has (e.g. a super-seed's reveals),

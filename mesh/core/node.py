@@ -40,6 +40,7 @@ activation policy (``mesh.core.rollout``).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import math
 import random
 from collections import deque
@@ -356,6 +357,9 @@ class MeshNode:
         self._uploading_total = 0
         self._requests: dict[tuple[ReleaseId, int, PeerId], float] = {}  # chunk requests out
         self._backoff_peers: set[PeerId] = set()  # peers that said BUSY recently
+        # (busy_until, peer) for them: a heap, so the next backoff to end is found
+        # without visiting every backing-off peer after every event
+        self._backoff_heap: list[tuple[float, PeerId]] = []
         self._backoff_epoch = 0  # bumped whenever a peer starts backing off
         self._released = 0  # bumped whenever a chunk request ends (a request slot frees)
         self._stats = {
@@ -421,16 +425,22 @@ class MeshNode:
             for h in self._wanted():
                 if h.next_try < best and not self._manifest_pending(h.release_id):
                     best = h.next_try
-        if self._backoff_peers:
+        heap = self._backoff_heap
+        if heap:
             ended = False
-            for pid in self._backoff_peers:
+            while heap:
+                t, pid = heap[0]
                 q = self._peers.get(pid)
-                if q is None or q.busy_until <= self._now:
+                if q is not None and q.busy_until == t and t > self._now:
+                    break  # the next backoff to end
+                heapq.heappop(heap)  # ended, or superseded by a later backoff of q
+                if pid in self._backoff_peers and (q is None or q.busy_until <= self._now):
+                    self._backoff_peers.discard(pid)
                     ended = True
-                elif q.busy_until < best:
-                    best = q.busy_until
+            if heap and heap[0][0] < best:
+                best = heap[0][0]
             if ended:
-                self._backoffs()  # forget ended backoffs (and let the rare pass retry)
+                self._backoff_epoch += 1  # a backoff ended: the rare pass may retry
         if self._have_flush_at is not None:
             best = min(best, self._have_flush_at)
         now = self._now
@@ -466,20 +476,6 @@ class MeshNode:
         if not (self._heads or self._hints):
             return []  # requests only go out for wanted heads; stale ones are harmless
         return [p for p in self._peers.values() if p.manifest_inflight]
-
-    def _backoffs(self) -> list[_Peer]:
-        if not self._backoff_peers:
-            return []
-        now = self._now
-        live = [
-            p
-            for pid in self._backoff_peers
-            if (p := self._peers.get(pid)) is not None and p.busy_until > now
-        ]
-        if len(live) < len(self._backoff_peers):
-            self._backoff_epoch += 1  # a backoff ended: peers may be asked again
-        self._backoff_peers = {p.id for p in live}
-        return live
 
     def validate_announcement(self, data: bytes) -> bool:
         """The gossip validator: accept (and forward) only valid, newer announcements."""
@@ -631,6 +627,8 @@ class MeshNode:
         p = self._peers.pop(peer, None)
         if p is None:
             return
+        if peer in self._backoff_peers:
+            heapq.heappush(self._backoff_heap, (-math.inf, peer))  # ended: see next_deadline
         self._uploading_total -= p.uploading
         for rid, bits in p.have.items():
             s = self._swarms.get(rid)
@@ -887,6 +885,7 @@ class MeshNode:
             # back off from this peer for about one chunk time, then ask again
             wait = self.config.busy_backoff
             p.busy_until = self._now + wait
+            heapq.heappush(self._backoff_heap, (p.busy_until, p.id))
             self._backoff_peers.add(p.id)
             self._backoff_epoch += 1
         if msg.code == RejectCode.NOT_HAVE and p.has(rid, index):

@@ -40,6 +40,7 @@ activation policy (``mesh.core.rollout``).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import math
 import random
 from collections import deque
@@ -103,8 +104,9 @@ class NodeConfig:
     #: and a chunk can only be served onwards once complete.
     max_requests: int = 4
     #: Extra requests allowed beyond max_requests for a chunk only one peer has (a
-    #: super-seed's reveal): fetching it at once keeps the seed's uplink busy.
-    rare_requests: int = 2
+    #: super-seed's reveal).  0: rare chunks are asked for first, within max_requests
+    #: (more concurrent downloads split the downlink and slow every one of them).
+    rare_requests: int = 0
     #: After a BUSY answer, leave that peer alone this long (seconds).
     busy_backoff: float = 0.1
     #: A super-seed reveals more to a peer whose have-set has not grown this long
@@ -114,10 +116,13 @@ class NodeConfig:
     reveal_per_peer: int = 2
     #: Chunks served at once; more split the uplink and delay every chunk.
     upload_slots: int = 4
-    #: Queued requests per peer, and in total, beyond which we answer BUSY: a
-    #: requester then asks another holder instead of waiting behind a long queue.
+    #: Requests queued (all upload slots busy) per peer, and in total, beyond which
+    #: we answer BUSY: a requester then asks another holder instead of waiting.  0:
+    #: no queue -- a request the node cannot serve at once is turned away within one
+    #: round trip, so no request slot of the requester sits idle in a queue while
+    #: other holders have free upload slots.
     upload_queue_per_peer: int = 4
-    upload_queue_total: int = 2
+    upload_queue_total: int = 0
     #: Batch have-updates this long: fewer messages, slightly later availability.
     have_interval: float = 0.02
     #: Request timeout: max(min, factor x this peer's typical delivery time).
@@ -282,6 +287,8 @@ class _Peer:
     bytes_from: int = 0
     bytes_to: int = 0
     delivery_ewma: float | None = None  # seconds from request to verified data
+    timeout: float = 0.0  # request timeout computed from ...
+    timeout_of: float | None = -1.0  # ... this delivery_ewma (-1: not yet computed)
     rate_ewma: float = 0.0  # bytes/s delivered to us
     manifest_inflight: dict[ReleaseId, float] = field(default_factory=dict)
     busy_until: float = 0.0  # it answered BUSY: do not ask it again before this
@@ -290,6 +297,9 @@ class _Peer:
     local: bool = True  # on our LAN (as the driver saw the connection's address)
     # chunks it advertised and then denied having: its later claims to them are ignored
     denied: dict[ReleaseId, int] = field(default_factory=dict)
+    # it has asked us for a chunk, so it is fetching, not a (super-)seed: it need not
+    # hear about chunks it already holds (see _flush_have_updates)
+    fetcher: bool = False
 
     def has(self, rid: ReleaseId, index: int) -> bool:
         return bool(self.have.get(rid, 0) >> index & 1)
@@ -347,7 +357,11 @@ class MeshNode:
         self._uploading_total = 0
         self._requests: dict[tuple[ReleaseId, int, PeerId], float] = {}  # chunk requests out
         self._backoff_peers: set[PeerId] = set()  # peers that said BUSY recently
+        # (busy_until, peer) for them: a heap, so the next backoff to end is found
+        # without visiting every backing-off peer after every event
+        self._backoff_heap: list[tuple[float, PeerId]] = []
         self._backoff_epoch = 0  # bumped whenever a peer starts backing off
+        self._released = 0  # bumped whenever a chunk request ends (a request slot frees)
         self._stats = {
             "bytes_up": 0,
             "bytes_down": 0,
@@ -394,71 +408,74 @@ class MeshNode:
         self._serve_uploads()
 
     def next_deadline(self) -> float | None:
-        times: list[float] = []
-        peers = self._peers
-        oldest: dict[PeerId, float] = {}  # per peer, its oldest request decides
-        for (_, _, peer), sent in self._requests.items():
-            if sent < oldest.get(peer, math.inf):
-                oldest[peer] = sent
-        for peer, sent in oldest.items():
-            times.append(sent + self._timeout(peers[peer]))
-        for p in self._manifest_waits():
-            for sent in p.manifest_inflight.values():
-                times.append(sent + self.config.manifest_timeout)
-        for p in self._backoffs():
-            times.append(p.busy_until)
+        # called after every event: a running minimum, no lists, cheap checks first
+        best = math.inf
+        c = self.config
+        if self._requests:
+            peers = self._peers
+            for (_, _, peer), sent in self._requests.items():
+                p = peers[peer]
+                t = sent + (p.timeout if p.delivery_ewma is p.timeout_of else self._timeout(p))
+                if t < best:
+                    best = t
+        if self._heads or self._hints:
+            for p in self._manifest_waits():
+                for sent in p.manifest_inflight.values():
+                    best = min(best, sent + c.manifest_timeout)
+            for h in self._wanted():
+                if h.next_try < best and not self._manifest_pending(h.release_id):
+                    best = h.next_try
+        heap = self._backoff_heap
+        if heap:
+            ended = False
+            while heap:
+                t, pid = heap[0]
+                q = self._peers.get(pid)
+                if q is not None and q.busy_until == t and t > self._now:
+                    break  # the next backoff to end
+                heapq.heappop(heap)  # ended, or superseded by a later backoff of q
+                if pid in self._backoff_peers and (q is None or q.busy_until <= self._now):
+                    self._backoff_peers.discard(pid)
+                    ended = True
+            if heap and heap[0][0] < best:
+                best = heap[0][0]
+            if ended:
+                self._backoff_epoch += 1  # a backoff ended: the rare pass may retry
         if self._have_flush_at is not None:
-            times.append(self._have_flush_at)
+            best = min(best, self._have_flush_at)
+        now = self._now
         for s in self._swarms.values():
-            if s.n - s.have_count <= self.config.endgame_chunks and not s.complete:
+            if s.requested and s.n - s.have_count <= c.endgame_chunks and not s.complete:
                 for holders in s.requested.values():
                     if len(holders) == 1:
                         ((peer, t),) = holders.items()
                         due = t + self._endgame_delay(peer)
-                        if due > self._now:  # once due, the scheduler acts on events
-                            times.append(due)
+                        if now < due < best:  # once due, the scheduler acts on events
+                            best = due
         if self._announcements:
-            times.append(self._next_announce)
-        if self._candidates and len(self._peers) < self.config.max_peers:
-            times.append(self._next_dial)
-        if self.config.super_seed and self._peers:
-            times.append(self._next_stall_check)
+            best = min(best, self._next_announce)
         if self._peers:
-            times.append(self._next_refresh)
-        if self._heads or self._hints:
-            for h in self._wanted():
-                if not self._manifest_pending(h.release_id):
-                    times.append(h.next_try)
+            best = min(best, self._next_refresh)
+            if c.super_seed:
+                best = min(best, self._next_stall_check)
+        if self._candidates and len(self._peers) < c.max_peers:
+            best = min(best, self._next_dial)
         # a rate limit matters only while the bucket is empty: when it refills, the
         # waiting uploads/requests go ahead (a deadline at "now" would spin)
-        if self.config.upload_rate is not None and any(p.queue for p in self._peers.values()):
-            t = self._up_bucket.ready_at(now=self._now)
-            if t > self._now:
-                times.append(t)
-        if self.config.download_rate is not None and self._needs_download():
-            t = self._down_bucket.ready_at(now=self._now)
-            if t > self._now:
-                times.append(t)
-        return min(times) if times else None
+        if c.upload_rate is not None and any(p.queue for p in self._peers.values()):
+            t = self._up_bucket.ready_at(now=now)
+            if now < t < best:
+                best = t
+        if c.download_rate is not None and self._needs_download():
+            t = self._down_bucket.ready_at(now=now)
+            if now < t < best:
+                best = t
+        return None if best == math.inf else best
 
     def _manifest_waits(self) -> list[_Peer]:
         if not (self._heads or self._hints):
             return []  # requests only go out for wanted heads; stale ones are harmless
         return [p for p in self._peers.values() if p.manifest_inflight]
-
-    def _backoffs(self) -> list[_Peer]:
-        if not self._backoff_peers:
-            return []
-        now = self._now
-        live = [
-            p
-            for pid in self._backoff_peers
-            if (p := self._peers.get(pid)) is not None and p.busy_until > now
-        ]
-        if len(live) < len(self._backoff_peers):
-            self._backoff_epoch += 1  # a backoff ended: peers may be asked again
-        self._backoff_peers = {p.id for p in live}
-        return live
 
     def validate_announcement(self, data: bytes) -> bool:
         """The gossip validator: accept (and forward) only valid, newer announcements."""
@@ -518,13 +535,16 @@ class MeshNode:
         self._actions.append(A.SendMessage(peer, msg))
 
     def _timeout(self, p: _Peer) -> float:
+        d = p.delivery_ewma
+        if d is p.timeout_of:  # memo: next_deadline asks after every event
+            return p.timeout
         c = self.config
-        if p.delivery_ewma is None:
-            return c.request_timeout_min * 2
-        return min(
-            c.request_timeout_max,
-            max(c.request_timeout_min, c.request_timeout_factor * p.delivery_ewma),
-        )
+        if d is None:
+            t = c.request_timeout_min * 2
+        else:
+            t = min(c.request_timeout_max, max(c.request_timeout_min, c.request_timeout_factor * d))
+        p.timeout, p.timeout_of = t, d
+        return t
 
     def _active(self) -> list[_Peer]:
         return [p for p in self._peers.values() if p.hello is not None]
@@ -615,6 +635,8 @@ class MeshNode:
         p = self._peers.pop(peer, None)
         if p is None:
             return
+        if peer in self._backoff_peers:
+            heapq.heappush(self._backoff_heap, (-math.inf, peer))  # ended: see next_deadline
         self._uploading_total -= p.uploading
         for rid, bits in p.have.items():
             s = self._swarms.get(rid)
@@ -821,19 +843,28 @@ class MeshNode:
             return
         if msg.index >= s.n:
             raise RemoteProtocolError(f"chunk request index {msg.index} past the last chunk")
+        p.fetcher = True
         if not s.have >> msg.index & 1:
             self._send(p.id, Reject(RejectCode.NOT_HAVE, msg.release_id, msg.index))
             return
         if self.config.super_seed and not p.revealed.get(s.rid, s.full_mask) >> msg.index & 1:
             self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
             return
-        queued = sum(len(q.queue) for q in self._peers.values())
-        if (
-            len(p.queue) >= self.config.upload_queue_per_peer
-            or queued >= self.config.upload_queue_total
-        ):
-            self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
-            return
+        # a free slot serves the request at once; otherwise it waits in a short queue
+        # (without a rate limit the queue is empty while a slot is free)
+        c = self.config
+        up = self._uploading_total
+        if up >= c.upload_slots or c.upload_rate is not None:
+            queued = (
+                0  # every slot busy and no queue: BUSY, whatever is queued
+                if up >= c.upload_slots and c.upload_queue_total <= 0
+                else sum(len(q.queue) for q in self._peers.values())
+            )
+            if up + queued >= c.upload_slots and (
+                len(p.queue) >= c.upload_queue_per_peer or queued >= c.upload_queue_total
+            ):
+                self._send(p.id, Reject(RejectCode.BUSY, msg.release_id, msg.index))
+                return
         p.queue.append((msg.release_id, msg.index))
         self._serve_uploads()
 
@@ -862,6 +893,7 @@ class MeshNode:
             # back off from this peer for about one chunk time, then ask again
             wait = self.config.busy_backoff
             p.busy_until = self._now + wait
+            heapq.heappush(self._backoff_heap, (p.busy_until, p.id))
             self._backoff_peers.add(p.id)
             self._backoff_epoch += 1
         if msg.code == RejectCode.NOT_HAVE and p.has(rid, index):
@@ -1111,7 +1143,8 @@ class MeshNode:
         p = self._peers.get(peer)
         if p is not None:
             p.inflight.pop((rid, index), None)
-        self._requests.pop((rid, index, peer), None)
+        if self._requests.pop((rid, index, peer), None) is not None:
+            self._released += 1
         s = self._swarms.get(rid)
         if s is None:
             return
@@ -1170,6 +1203,7 @@ class MeshNode:
             if not missing:
                 continue
             endgame = (s.n - s.have_count) <= c.endgame_chunks
+            rid = s.rid
             progress = True
             while progress and total < c.max_requests:
                 progress = False
@@ -1180,7 +1214,7 @@ class MeshNode:
                         continue
                     if c.download_rate is not None and not self._down_bucket.ready(now=self._now):
                         return
-                    theirs = p.have.get(s.rid, 0) & missing
+                    theirs = p.have.get(rid, 0) & missing
                     if not theirs:
                         continue
                     cand = theirs & ~s.requested_mask
@@ -1192,6 +1226,8 @@ class MeshNode:
                     self._request(p, s, index)
                     total += 1
                     progress = True
+                if c.per_peer_requests <= 1:
+                    break  # a second round finds nothing: each peer got one or had none
 
     def _schedule_rare(self, swarms: list[_Swarm]) -> None:
         """Request at once chunks that only one peer has (e.g. a super-seed's reveals),
@@ -1204,15 +1240,15 @@ class MeshNode:
             if not rare:
                 continue
             # nothing changed since the last fruitless pass: skip the peer scan
-            snapshot = (rare, len(self._requests), len(self._peers), self._backoff_epoch)
+            # (new requests cannot make a fruitless pass fruitful; ended ones can)
+            snapshot = (rare, self._released, len(self._peers), self._backoff_epoch)
             if snapshot == s.rare_snapshot:
                 continue
+            rid = s.rid
             for p in self._peers.values():
-                if len(self._requests) >= limit:
-                    return
-                if p.busy_until > now or len(p.inflight) > c.per_peer_requests:
+                bits = p.have.get(rid, 0) & rare  # usually nothing: test it first
+                if not bits or p.busy_until > now or len(p.inflight) > c.per_peer_requests:
                     continue
-                bits = p.have.get(s.rid, 0) & rare
                 while bits and len(p.inflight) <= c.per_peer_requests:
                     low = bits & -bits
                     bits ^= low
@@ -1220,7 +1256,7 @@ class MeshNode:
                     self._request(p, s, low.bit_length() - 1)
                     if len(self._requests) >= limit:
                         return
-            s.rare_snapshot = (rare, len(self._requests), len(self._peers), self._backoff_epoch)
+            s.rare_snapshot = (rare, self._released, len(self._peers), self._backoff_epoch)
 
     def _requested_from(self, s: _Swarm, peer: PeerId) -> int:
         mask = 0
@@ -1303,13 +1339,25 @@ class MeshNode:
                 continue
             updates = tuple(s.pending_updates)
             s.pending_updates = []
+            if self.config.super_seed and s.complete:
+                continue  # a super-seed reveals chunks one by one instead
+            batches = [
+                HaveUpdate(s.rid, updates[i : i + 4096]) for i in range(0, len(updates), 4096)
+            ]
             for p in self._peers.values():
                 if p.hello is None:
                     continue
-                if self.config.super_seed and s.complete:
-                    continue  # a super-seed reveals chunks one by one instead
-                for start in range(0, len(updates), 4096):
-                    self._send(p.id, HaveUpdate(s.rid, updates[start : start + 4096]))
+                theirs = p.have.get(s.rid, 0) if p.fetcher else 0
+                if theirs and any(theirs >> i & 1 for i in updates):
+                    # a fetching peer only asks for chunks it lacks: do not tell it about
+                    # the ones it holds.  A peer that never asked us for anything may be
+                    # a super-seed, which tracks who holds what: it hears everything.
+                    todo = tuple(i for i in updates if not theirs >> i & 1)
+                    for start in range(0, len(todo), 4096):
+                        self._send(p.id, HaveUpdate(s.rid, todo[start : start + 4096]))
+                    continue
+                for msg in batches:
+                    self._send(p.id, msg)
 
     def _reveal(self, p: _Peer, s: _Swarm) -> None:
         """Super-seeding: keep ``per_peer_requests`` unobtained chunks revealed to ``p``.

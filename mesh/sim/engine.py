@@ -53,6 +53,7 @@ _CREATED = 1_800_000_000  # fixed manifest creation time: runs must be reproduci
 
 # heap event kinds
 _TIMER, _DELIVER, _FLOW, _GOSSIP, _SCRIPT, _CONNECT = range(6)
+_PENDING_SCRIPTS = frozenset(("restart", "late", "join", "heal"))  # the run waits for these
 
 
 @dataclass(eq=False)
@@ -162,6 +163,10 @@ class Simulation:
             signer=self.forger,
         ).encode()
         self._conns: dict[tuple[int, int], list[float]] = {}  # pair -> last arrival per dir
+        # node -> its connected peers, in the order the connections were made (as in
+        # _conns): gossip floods without scanning every connection of the network
+        self._adj: dict[int, dict[int, None]] = {}
+        self._scripts_pending = 0  # joins, late joins, restarts and heals still to come
         self._pending_connect: set[tuple[int, int]] = set()
         self._corrupt: set[tuple[int, int, ReleaseId, int]] = set()
         self.sites = {s.name: s for s in scenario.sites}
@@ -283,7 +288,21 @@ class Simulation:
     # -- heap -----------------------------------------------------------------------------
 
     def _push(self, t: float, kind: int, payload: Any) -> None:
+        if kind == _SCRIPT and payload[0] in _PENDING_SCRIPTS:
+            self._scripts_pending += 1
         heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
+
+    def _connected(self, pair: tuple[int, int]) -> None:
+        self._conns[pair] = [self.now, self.now]
+        a, b = pair
+        self._adj.setdefault(a, {})[b] = None
+        self._adj.setdefault(b, {})[a] = None
+
+    def _disconnected(self, pair: tuple[int, int]) -> None:
+        if self._conns.pop(pair, None) is not None:
+            a, b = pair
+            self._adj[a].pop(b, None)
+            self._adj[b].pop(a, None)
 
     def _trace_line(self, *parts: object) -> None:
         self._trace.update(f"{self.now:.6f}|{'|'.join(map(str, parts))}\n".encode())
@@ -324,6 +343,8 @@ class Simulation:
             elif kind == _CONNECT:
                 self._connect_arrive(*payload)
             else:
+                if payload[0] in _PENDING_SCRIPTS:
+                    self._scripts_pending -= 1
                 self._script(*payload)
             if self._completions_changed:
                 self._completions_changed = False
@@ -341,11 +362,9 @@ class Simulation:
         return self._result()
 
     def _finished(self, honest: list[SimNode]) -> bool:
-        pending_scripts = any(
-            k == _SCRIPT and p[0] in ("restart", "late", "join", "heal")
-            for _, _, k, p in self._heap
+        return not self._scripts_pending and all(
+            n.completed_at is not None or n.left for n in honest
         )
-        return not pending_scripts and all(n.completed_at is not None or n.left for n in honest)
 
     # -- scripted happenings -------------------------------------------------------------------
 
@@ -449,7 +468,7 @@ class Simulation:
         return a.alive and b.alive and a.group == b.group
 
     def _break(self, a: int, b: int, why: str) -> None:
-        self._conns.pop((a, b), None)
+        self._disconnected((a, b))
         for f in [
             f for f in self.nodes[a].flows_out | self.nodes[b].flows_out if {f.src, f.dst} == {a, b}
         ]:
@@ -473,7 +492,7 @@ class Simulation:
             self._drain(na)
             return
         assert nb.core is not None
-        self._conns[pair] = [self.now, self.now]
+        self._connected(pair)
         self._trace_line("conn", na.id, nb.id)
         local = na.site == nb.site
         na.core.handle(E.PeerConnected(nb.id, outbound=True, local=local), now=self.now)
@@ -525,7 +544,7 @@ class Simulation:
             if target is not None:
                 pair = self._pair(node.index, target.index)
                 if pair in self._conns:
-                    self._conns.pop(pair)
+                    self._disconnected(pair)
                     self._trace_line("disc", node.id, target.id, action.reason[:40])
                     for f in [
                         f
@@ -627,6 +646,7 @@ class Simulation:
             header + act.length,
             tuple(resources),
             (act.release_id, act.index, act.length),
+            fid=self.net.new_id(),  # before it enters any set: it is the hash
         )
         node.flows_out.add(flow)
         target.flows_in.add(flow)
@@ -714,10 +734,7 @@ class Simulation:
     # -- gossip ------------------------------------------------------------------------------
 
     def _gossip_from(self, node: SimNode, data: bytes, exclude: int | None = None) -> None:
-        for a, b in self._conns:
-            if node.index not in (a, b):
-                continue
-            other = b if a == node.index else a
+        for other in self._adj.get(node.index, {}):
             if other == exclude:
                 continue
             lat = self._latency(node, self.nodes[other])

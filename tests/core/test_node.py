@@ -1185,3 +1185,31 @@ def test_a_peer_caught_lying_cannot_readvertise_the_chunk() -> None:
     net.run_for(0.01)
     asked = [msg.index for _, msg in net.drivers["m"].inbox if isinstance(msg, ChunkRequest)]
     assert asked.count(req.index) == 1
+
+
+def test_without_an_upload_queue_a_request_is_served_or_turned_away_at_once() -> None:
+    s = Scripted(upload_slots=1, upload_queue_total=0)
+    s.net.receive("mallory", "v", wire.encode(ChunkRequest(RID, 0)))
+    s.net.receive("mallory", "v", wire.encode(ChunkRequest(RID, 1)))  # the slot is taken
+    s.net.run_for(0.01)
+    got = s.inbox()
+    assert any(isinstance(m, ChunkData) and m.index == 0 for m in got)
+    assert Reject(RejectCode.BUSY, RID, 1) in got
+    s.send(ChunkRequest(RID, 2))  # the slot is free again: served, not refused
+    assert any(isinstance(m, ChunkData) and m.index == 2 for m in s.inbox())
+    assert Reject(RejectCode.BUSY, RID, 2) not in s.inbox()
+
+
+@pytest.mark.parametrize("fetching", [False, True])
+def test_a_fetching_peer_is_not_told_about_chunks_it_holds(fetching: bool) -> None:
+    s = Scripted()
+    s.send(Have(RID, b"\x1f\xc0"))  # mallory holds chunks 3..9
+    if fetching:
+        s.send(ChunkRequest(RID, 0))  # it fetches from us: not a (super-)seed
+    index = next(m.index for m in s.inbox() if isinstance(m, ChunkRequest))
+    s.send(ChunkData(RID, index, DATA[index * CHUNK : (index + 1) * CHUNK]))
+    s.net.run_for(1.0)
+    assert s.node.statistics().chunks_downloaded == 1
+    told = [m for m in s.inbox() if isinstance(m, HaveUpdate) and index in m.indexes]
+    # a peer that never asked us for anything may be a super-seed counting who holds what
+    assert bool(told) is not fetching

@@ -585,7 +585,8 @@ def test_super_seed_serves_only_the_chunks_it_revealed() -> None:
     assert inbox[1] == Have(RID, b"\x00\x00")  # a super-seed shows an empty have-set ...
     (reveal,) = [msg for msg in inbox if isinstance(msg, HaveUpdate)]
     revealed = set(reveal.indexes)  # ... then reveals a few chunks nobody has yet
-    assert 0 < len(revealed) <= net.node("seed").config.reveal_per_peer
+    # its only peer gets the whole reveal_total window (nobody else to share with)
+    assert len(revealed) == net.node("seed").config.reveal_total
     hidden = min(set(range(N_CHUNKS)) - revealed)
     net.receive("m", "seed", wire.encode(ChunkRequest(RID, hidden)))
     net.receive("m", "seed", wire.encode(ChunkRequest(RID, min(revealed))))
@@ -595,6 +596,28 @@ def test_super_seed_serves_only_the_chunks_it_revealed() -> None:
     (data,) = [msg for msg in inbox if isinstance(msg, ChunkData)]
     assert data.index == min(revealed)
     assert net.node("seed").penalty("m") == 0.0
+
+
+def test_super_seed_with_many_peers_reveals_reveal_per_peer_to_each() -> None:
+    peers = [f"m{i}" for i in range(4)]
+    net = seeded(seed_config=config(super_seed=True, reveal_per_peer=2, reveal_total=8))
+    for m in peers:
+        net.scripted(m)
+        net.connect(m, "seed")
+        net.receive(m, "seed", wire.encode(Hello(MESH, PROTOCOL_VERSION, ())))
+        net.run_for(0.01)
+    shown = {
+        m: {
+            i for _, msg in net.drivers[m].inbox if isinstance(msg, HaveUpdate) for i in msg.indexes
+        }
+        for m in peers
+    }
+    # alone, the first peer got the whole window (8); with a second peer the window
+    # is 8 / 2 = 4 each (so m1 gets 4); from four peers on it is reveal_per_peer
+    assert len(shown["m0"]) == 8
+    assert len(shown["m1"]) == min(4, N_CHUNKS - 8)
+    everyone = [i for m in peers for i in shown[m]]
+    assert len(everyone) == len(set(everyone))  # each chunk revealed to one peer only
 
 
 def test_endgame_asks_a_second_peer_and_cancels_the_slow_one() -> None:

@@ -175,26 +175,38 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+def _merged(data: bytes, field: int, what: str) -> bytes | None:
+    """All occurrences of the embedded-message ``field`` joined, or None if absent.
+
+    Protobuf merges repeated occurrences of a singular message field, and parsing the
+    concatenation of two encodings is the same as merging them: so a file that states
+    a type or a shape twice means what onnx reads, not only the last statement."""
+    parts = [v for num, wt, v in _Mem(data, what) if num == field and wt == _LEN]
+    if not parts:
+        return None
+    return b"".join(p for p in parts if isinstance(p, bytes))
+
+
 def _parse_value_info(data: bytes, what: str) -> TensorSpec:
     name = ""
-    elem: int | None = None
-    shape: tuple[Dim, ...] | None = None
     for num, wt, v in _Mem(data, what):
         if num == 1 and wt == _LEN:
             assert isinstance(v, bytes)
             name = _text(v, f"{what} name")
-        elif num == 2 and wt == _LEN:
-            assert isinstance(v, bytes)
-            for tnum, twt, tv in _Mem(v, f"{what} type"):
-                if tnum == 1 and twt == _LEN:  # TypeProto.tensor_type
-                    assert isinstance(tv, bytes)
-                    elem, shape = _parse_tensor_type(tv, what)
-                elif tnum in (4, 5, 8, 9):
-                    kind = {4: "sequence", 5: "map", 8: "sparse tensor", 9: "optional"}[tnum]
-                    raise ModelFormatError(
-                        f"{what} is a {kind}; edgemesh serves models with tensor inputs and "
-                        "outputs only"
-                    )
+    elem: int | None = None
+    shape: tuple[Dim, ...] | None = None
+    type_proto = _merged(data, 2, what)
+    if type_proto is not None:
+        for tnum, _twt, _tv in _Mem(type_proto, f"{what} type"):
+            if tnum in (4, 5, 8, 9):
+                kind = {4: "sequence", 5: "map", 8: "sparse tensor", 9: "optional"}[tnum]
+                raise ModelFormatError(
+                    f"{what} is a {kind}; edgemesh serves models with tensor inputs and "
+                    "outputs only"
+                )
+        tensor_type = _merged(type_proto, 1, f"{what} type")  # TypeProto.tensor_type
+        if tensor_type is not None:
+            elem, shape = _parse_tensor_type(tensor_type, what)
     if not name:
         raise ModelFormatError(f"{what} has no name")
     if elem is None:
@@ -209,30 +221,29 @@ def _parse_value_info(data: bytes, what: str) -> TensorSpec:
 
 def _parse_tensor_type(data: bytes, what: str) -> tuple[int, tuple[Dim, ...] | None]:
     elem = 0
-    shape: tuple[Dim, ...] | None = None
     for num, wt, v in _Mem(data, f"{what} tensor type"):
         if num == 1 and wt == _VARINT:
             assert isinstance(v, int)
             elem = v
-        elif num == 2 and wt == _LEN:
-            assert isinstance(v, bytes)
-            dims: list[Dim] = []
-            for dnum, dwt, dv in _Mem(v, f"{what} shape"):
-                if dnum == 1 and dwt == _LEN:
-                    assert isinstance(dv, bytes)
-                    dim: Dim = None
-                    for xnum, xwt, xv in _Mem(dv, f"{what} dim"):
-                        if xnum == 1 and xwt == _VARINT:
-                            assert isinstance(xv, int)
-                            dim = _signed64(xv)
-                            if dim < 0:
-                                dim = None
-                        elif xnum == 2 and xwt == _LEN:
-                            assert isinstance(xv, bytes)
-                            dim = _text(xv, f"{what} dim_param") or None
-                    dims.append(dim)
-            shape = tuple(dims)
-    return elem, shape
+    shape_proto = _merged(data, 2, f"{what} tensor type")
+    if shape_proto is None:
+        return elem, None
+    dims: list[Dim] = []
+    for dnum, dwt, dv in _Mem(shape_proto, f"{what} shape"):
+        if dnum == 1 and dwt == _LEN:
+            assert isinstance(dv, bytes)
+            dim: Dim = None
+            for xnum, xwt, xv in _Mem(dv, f"{what} dim"):
+                if xnum == 1 and xwt == _VARINT:
+                    assert isinstance(xv, int)
+                    dim = _signed64(xv)
+                    if dim < 0:
+                        dim = None
+                elif xnum == 2 and xwt == _LEN:
+                    assert isinstance(xv, bytes)
+                    dim = _text(xv, f"{what} dim_param") or None
+            dims.append(dim)
+    return elem, tuple(dims)
 
 
 def _parse_initializer(r: _Reader, n: int, index: int) -> tuple[str, list[str]]:

@@ -10,12 +10,12 @@ See ``configs/scenarios/*.toml`` for commented examples and ``docs/simulator.md`
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mesh.core.node import NodeConfig
 from mesh.errors import ConfigError
+from mesh.tomltable import Table, override_dataclass
 
 MBIT = 1_000_000 / 8  # bytes per second in one Mbit/s
 HOSTILE_BEHAVIOURS = frozenset({"corrupt", "lie", "replay", "forge"})
@@ -89,95 +89,15 @@ class Scenario:
         return sum(d.count for d in self.devices)
 
 
-class _Table:
-    """A TOML table being read: tracks which keys were used to report unknown ones."""
-
-    def __init__(self, raw: object, where: str) -> None:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where} must be a table")
-        self.raw: dict[str, Any] = raw
-        self.where = where
-        self.used: set[str] = set()
-
-    def _key(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        self.used.add(key)
-        if key not in self.raw:
-            if default is ...:
-                raise ConfigError(f"scenario: missing key {self._key(key)!r}")
-            return default
-        v = self.raw[key]
-        ok = isinstance(v, kind) and not (
-            isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
-        )
-        if not ok:
-            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise ConfigError(f"scenario: {self._key(key)!r} must be {names}, got {v!r}")
-        return v
-
-    def num(
-        self,
-        key: str,
-        default: Any = ...,
-        *,
-        lo: float = 0.0,
-        hi: float = float("inf"),
-        positive: bool = False,
-    ) -> float:
-        v = float(self.get(key, (int, float), default))
-        if not lo <= v <= hi or (positive and v <= 0):
-            rng = f"> {lo}" if positive else f"{lo}..{hi}"
-            raise ConfigError(f"scenario: {self._key(key)!r} = {v} is out of range ({rng})")
-        return v
-
-    def table(self, key: str) -> _Table | None:
-        self.used.add(key)
-        if key not in self.raw:
-            return None
-        return _Table(self.raw[key], self._key(key))
-
-    def tables(self, key: str) -> list[_Table]:
-        self.used.add(key)
-        v = self.raw.get(key, [])
-        if not isinstance(v, list):
-            raise ConfigError(
-                f"scenario: {self._key(key)!r} must be an array of tables ([[{key}]])"
-            )
-        return [_Table(t, f"{self._key(key)}[{i}]") for i, t in enumerate(v)]
-
-    def done(self) -> None:
-        unknown = sorted(set(self.raw) - self.used)
-        if unknown:
-            raise ConfigError(f"scenario: unknown key {self._key(unknown[0])!r}")
-
-
-def _count(d: _Table) -> int:
+def _count(d: Table) -> int:
     v = d.get("count", int)
     if not 1 <= v <= 100_000:
-        raise ConfigError(f"scenario: {d._key('count')!r} = {v} is out of range (1..100000)")
+        raise ConfigError(f"scenario: {d.key('count')!r} = {v} is out of range (1..100000)")
     return int(v)
 
 
-def _node_config(t: _Table | None, base: NodeConfig) -> NodeConfig:
-    if t is None:
-        return base
-    known = {f.name: f for f in fields(NodeConfig)}
-    changes: dict[str, Any] = {}
-    for key in list(t.raw):
-        if key not in known or key in ("mesh", "super_seed"):
-            t.used.add(key)
-            raise ConfigError(f"scenario: unknown key {t._key(key)!r}")
-        current = getattr(base, key)
-        if isinstance(current, bool):
-            changes[key] = t.get(key, bool)
-        elif isinstance(current, int):
-            changes[key] = int(t.num(key, lo=0, hi=1e9))
-        else:
-            changes[key] = t.num(key, lo=0, hi=1e12)
-    t.done()
-    return replace(base, **changes)
+def _node_config(t: Table | None, base: NodeConfig) -> NodeConfig:
+    return override_dataclass(t, base, exclude=("mesh", "super_seed"))
 
 
 def parse_scenario(text: str, name: str = "scenario") -> Scenario:
@@ -185,7 +105,7 @@ def parse_scenario(text: str, name: str = "scenario") -> Scenario:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"scenario {name}: not valid TOML: {e}") from None
-    top = _Table(raw, "")
+    top = Table(raw, "", "scenario")
     sc_name = top.get("name", str, name)
     description = top.get("description", str, "")
     time_limit = top.num("time_limit_s", 3600.0, positive=True)

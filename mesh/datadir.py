@@ -32,6 +32,30 @@ from mesh.store.fs import FsStore
 TRUST_FORMAT = 1
 
 
+def write_file_atomic(path: Path, data: bytes, *, what: str = "", mode: int = 0o644) -> None:
+    """Replace ``path`` atomically: temp file (``mode``), fsync, rename, fsync the
+    directory (so the rename survives a power loss).  ``OSError`` becomes
+    ``ConfigError("cannot write WHAT PATH: ...")``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        label = f"{what} {path}" if what else str(path)
+        raise ConfigError(f"cannot write {label}: {e.strerror}") from None
+
+
 def default_data_dir() -> Path:
     env = os.environ.get("EDGEMESH_HOME")
     if env:
@@ -78,14 +102,7 @@ class DataDir:
 
     def write_node_info(self, info: dict[str, Any]) -> None:
         """Record the running node's ``pid``, ``peer_id`` and ``api`` URL (atomic)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.node_file.with_name(f".node.json.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(info, sort_keys=True) + "\n")
-            os.replace(tmp, self.node_file)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise ConfigError(f"cannot write {self.node_file}: {e.strerror}") from None
+        write_file_atomic(self.node_file, (json.dumps(info, sort_keys=True) + "\n").encode())
 
     def clear_node_info(self) -> None:
         try:
@@ -180,20 +197,5 @@ class DataDir:
         return KeyId.from_hex(matches[0]["id"])
 
     def _write_trust(self, entries: list[dict[str, Any]]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.trust_file.with_name(f".trust.json.{os.getpid()}.tmp")
         data = json.dumps({"format": TRUST_FORMAT, "keys": entries}, indent=2) + "\n"
-        try:
-            with open(tmp, "w") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.trust_file)
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)  # the rename itself survives a power loss
-            finally:
-                os.close(fd)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise ConfigError(f"cannot write trust store {self.trust_file}: {e.strerror}") from None
+        write_file_atomic(self.trust_file, data.encode(), what="trust store")

@@ -12,12 +12,11 @@ rollback and let ``gc`` delete the serving version).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from mesh.core.rollout import ModelRollout, RolloutError, offline_rollback
-from mesh.datadir import DataDir
+from mesh.datadir import DataDir, write_file_atomic
 from mesh.errors import ConfigError
 from mesh.ids import ReleaseId
 
@@ -47,23 +46,8 @@ def read_active(path: Path) -> dict[str, Any]:
 
 def write_active(path: Path, models: dict[str, Any]) -> None:
     """Atomically replace ``active.json`` (temp file, fsync, rename, fsync the dir)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = json.dumps({"format": ACTIVE_FORMAT, "models": models}, indent=2, sort_keys=True)
-    try:
-        with open(tmp, "w") as f:
-            f.write(data + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {e.strerror}") from None
+    write_file_atomic(path, (data + "\n").encode())
 
 
 def pinned_releases(data_dir: DataDir) -> set[ReleaseId]:

@@ -42,6 +42,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from mesh.datadir import write_file_atomic
 from mesh.errors import ConfigError
 
 SEED_FILE = "ed25519.seed"
@@ -55,18 +56,7 @@ def load_identity(identity_dir: Path) -> KeyPair:
         seed = path.read_bytes()
     except FileNotFoundError:
         seed = os.urandom(32)
-        identity_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{SEED_FILE}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(seed)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise ConfigError(f"cannot write node identity {path}: {e.strerror}") from None
+        write_file_atomic(path, seed, what="node identity", mode=0o600)
     except OSError as e:
         raise ConfigError(f"cannot read node identity {path}: {e.strerror}") from None
     if len(seed) != 32:

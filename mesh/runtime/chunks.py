@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -235,7 +235,7 @@ class ChunkTransport:
                     link.nursery = n
                     n.start_soon(self._write_control, link)
                     n.start_soon(self._write_data, link)
-                    await self._read(link.peer, link.stream, True)
+                    await self._read_control(link.peer, link.stream)
                     n.cancel_scope.cancel()
             except* _LinkEnded:  # a writer's stream failed (trio wraps it in a group)
                 pass
@@ -267,10 +267,38 @@ class ChunkTransport:
         link.nursery.start_soon(self._read_data, peer, stream)
 
     async def _read_data(self, peer: str, stream: Any) -> None:
-        """Read a data stream: CHUNK_DATA frames only, each payload copied once into a
-        buffer of its exact size (no growing decode buffer to append to, slice out of and
+        """A data stream: CHUNK_DATA frames only, each payload copied once into a buffer
+        of its exact size (no growing decode buffer to append to, slice out of and
         shift), then handed to the driver."""
         reader = _ChunkReader(MAX_FRAME if self._max_frame is None else self._max_frame)
+        await self._pump(peer, stream, reader.feed, data_stream=True)
+
+    async def _read_control(self, peer: str, stream: Any) -> None:
+        decoder = (
+            FrameDecoder() if self._max_frame is None else FrameDecoder(max_frame=self._max_frame)
+        )
+
+        def decode(data: bytes) -> list[Message]:
+            decoder.feed(data)
+            out: list[Message] = []
+            while not isinstance(msg := decoder.next_message(), NeedData):
+                if isinstance(msg, ChunkData):
+                    raise RemoteProtocolError("ChunkData on the control stream")
+                out.append(msg)
+            return out
+
+        await self._pump(peer, stream, decode, data_stream=False)
+
+    async def _pump(
+        self,
+        peer: str,
+        stream: Any,
+        decode: Callable[[bytes], Sequence[Message]],
+        *,
+        data_stream: bool,
+    ) -> None:
+        """Read ``stream`` until it ends, hand each decoded message to the driver; bad
+        input ends the session (``violation``, then ``close``)."""
         while True:
             try:
                 data = await stream.read(READ_SIZE)
@@ -279,7 +307,7 @@ class ChunkTransport:
             if not data:
                 return
             try:
-                for msg in reader.feed(data):
+                for msg in decode(data):
                     if peer not in self._links:
                         return
                     self._deliver(peer, msg)
@@ -288,40 +316,12 @@ class ChunkTransport:
                 self.close(peer, str(e))
                 return
             if (
-                len(data) < READ_SIZE
+                data_stream
+                and len(data) < READ_SIZE
                 and DATA_READ_PAUSE > 0
                 and _recv_window(stream) >= PAUSE_MIN_WINDOW
             ):
                 await trio.sleep(DATA_READ_PAUSE)
-
-    async def _read(self, peer: str, stream: Any, control: bool) -> None:
-        decoder = (
-            FrameDecoder() if self._max_frame is None else FrameDecoder(max_frame=self._max_frame)
-        )
-        while True:
-            try:
-                data = await stream.read(READ_SIZE)
-            except Exception:  # noqa: BLE001 -- StreamEOF, StreamReset, connection errors
-                return
-            if not data:
-                return
-            try:
-                decoder.feed(data)
-                while True:
-                    msg = decoder.next_message()
-                    if isinstance(msg, NeedData):
-                        break
-                    if control == isinstance(msg, ChunkData):
-                        raise RemoteProtocolError(
-                            f"{type(msg).__name__} on the {'control' if control else 'data'} stream"
-                        )
-                    if peer not in self._links:
-                        return
-                    self._deliver(peer, msg)
-            except EdgemeshError as e:
-                self._violation(peer, str(e))
-                self.close(peer, str(e))
-                return
 
     async def _write_control(self, link: _Link) -> None:
         async for frame in link.control_recv:

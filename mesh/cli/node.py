@@ -209,7 +209,7 @@ async def _serve(
     """Run the node (and its API) until a signal or ``watch`` returns."""
     from mesh.runtime.api import serve_api
     from mesh.runtime.inference import InferenceService
-    from mesh.runtime.node import NodeSettings, open_node
+    from mesh.runtime.node import NodeSettings, activate, activate_verified, open_node
 
     settings = NodeSettings(
         dd,
@@ -225,8 +225,7 @@ async def _serve(
 
     async def on_complete(rid: ReleaseId, model: str, version: int) -> None:
         if service is not None and not seed:
-            await service.offer(rid)
-            _log_activation(service.status().get(model, {}), model, version)
+            await activate(service, rid, model, version)
 
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
@@ -235,7 +234,7 @@ async def _serve(
                 service = InferenceService(dd, handle.driver.store)
                 if not seed:
                     await service.start()
-                    await _offer_verified(handle, service)
+                    await activate_verified(handle.driver.store, service)
                 handle.inference = service
                 info: dict[str, Any] = {"peer_id": handle.peer_id, "addrs": handle.addrs}
                 if cfg.api is not None:
@@ -261,32 +260,6 @@ async def _serve(
                     scope.cancel()
                 else:
                     await trio.sleep_forever()
-
-
-def _log_activation(st: dict[str, Any], model: str, version: int) -> None:
-    if st.get("active_version") == version:
-        log.info("activated %s v%d", model, version)
-        return
-    for r in st.get("releases", []):
-        if r.get("version") == version and r.get("reason"):
-            log.warning("%s v%d not activated: %s", model, version, r["reason"])
-            return
-
-
-async def _offer_verified(handle: Any, service: Any) -> None:
-    """Releases verified before a restart (or a crash between verification and
-    activation) are offered again; the service ignores what is not newer."""
-    newest: dict[str, Any] = {}
-    for info in await trio.to_thread.run_sync(handle.driver.store.releases):
-        if info.complete and (
-            info.model not in newest or info.version > newest[info.model].version
-        ):
-            newest[info.model] = info
-    for info in newest.values():
-        before = service.status().get(info.model, {}).get("active_version")
-        await service.offer(info.release_id)
-        if before != info.version:
-            _log_activation(service.status().get(info.model, {}), info.model, info.version)
 
 
 async def _progress(handle: Any) -> None:

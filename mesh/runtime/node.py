@@ -1,10 +1,10 @@
 """The node process: opens every adapter and wires them through one :class:`Driver`.
 
-``run_node`` is what ``edgemesh join`` and ``edgemesh seed`` run: the libp2p host
-(persisted identity), the chunk streams, gossip, mDNS discovery, static peers, the
-store, and (on a joined node) the inference service with its local HTTP API.  It
-records the node in ``DATA_DIR/node.json`` so that ``edgemesh status`` finds it, and
-removes that record when it stops.
+``open_node`` is what ``edgemesh join`` and ``edgemesh seed`` run: the libp2p host
+(persisted identity), the chunk streams, gossip, mDNS discovery, static peers and the
+store.  It records the node in ``DATA_DIR/node.json`` so that ``edgemesh status``
+finds it, and removes that record when it stops.  ``activate`` / ``activate_verified``
+hand verified releases to the inference service (on a joined node).
 
 Rules: cancellation (SIGINT/SIGTERM in the CLI) closes everything in reverse order:
 API, discovery (unregisters the mDNS record), gossip, streams, host.  The store's
@@ -34,6 +34,9 @@ from mesh.runtime.discovery import open_discovery
 from mesh.runtime.driver import Driver
 from mesh.runtime.gossip import open_gossip
 from mesh.runtime.host import concrete_listen_addrs, full_addrs, load_identity, open_host
+from mesh.runtime.inference import InferenceService
+from mesh.store.base import ReleaseInfo
+from mesh.store.fs import FsStore
 
 log = logging.getLogger("edgemesh.node")
 
@@ -163,6 +166,36 @@ async def open_node(
                         nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(store.close)
+
+
+async def activate(service: InferenceService, rid: ReleaseId, model: str, version: int) -> None:
+    """Offer a verified release to the inference service; log what became of it."""
+    before = service.status().get(model, {}).get("active_version")
+    await service.offer(rid)
+    if before == version:
+        return
+    st = service.status().get(model, {})
+    if st.get("active_version") == version:
+        log.info("activated %s v%d", model, version)
+        return
+    for r in st.get("releases", []):
+        if r.get("version") == version and r.get("reason"):
+            log.warning("%s v%d not activated: %s", model, version, r["reason"])
+            return
+
+
+async def activate_verified(store: FsStore, service: InferenceService) -> None:
+    """At start-up: the newest complete release of each model is offered again (verified
+    before a restart, or a crash between verification and activation); the service
+    ignores what is not newer than its active version."""
+    newest: dict[str, ReleaseInfo] = {}
+    for info in await trio.to_thread.run_sync(store.releases):
+        if info.complete and (
+            info.model not in newest or info.version > newest[info.model].version
+        ):
+            newest[info.model] = info
+    for info in newest.values():
+        await activate(service, info.release_id, info.model, info.version)
 
 
 @contextlib.asynccontextmanager

@@ -94,38 +94,32 @@ def _emit(obj: dict[str, Any]) -> None:
 # -- settings ---
 
 
+#: NodeConfig fields the benchmark can set from the command line (--per-peer-requests ...)
+_NODE_KNOBS: dict[str, type] = {
+    "per_peer_requests": int,
+    "max_requests": int,
+    "rare_requests": int,
+    "reveal_per_peer": int,
+    "upload_slots": int,
+    "upload_queue_per_peer": int,
+    "upload_queue_total": int,
+    "have_interval": float,
+}
+
+
 def _configs(a: argparse.Namespace) -> tuple[Any, Any]:
     """(seed NodeConfig, joiner NodeConfig) from the command line."""
     from mesh.core.node import NodeConfig
 
     common: dict[str, Any] = {}
-    for name in (
-        "per_peer_requests",
-        "max_requests",
-        "rare_requests",
-        "reveal_per_peer",
-        "upload_slots",
-        "upload_queue_per_peer",
-        "upload_queue_total",
-        "have_interval",
-    ):
+    for name in _NODE_KNOBS:
         v = getattr(a, name)
         if v is not None:
             common[name] = v
     return NodeConfig(super_seed=not a.no_super_seed, **common), NodeConfig(**common)
 
 
-_TUNING = (
-    "super_seed",
-    "per_peer_requests",
-    "max_requests",
-    "rare_requests",
-    "reveal_per_peer",
-    "upload_slots",
-    "upload_queue_per_peer",
-    "upload_queue_total",
-    "have_interval",
-)
+_TUNING = ("super_seed", *_NODE_KNOBS)
 
 
 def _settings(seed_cfg: Any, join_cfg: Any) -> dict[str, Any]:
@@ -388,16 +382,7 @@ class _Child:
 
 def _node_args(a: argparse.Namespace) -> list[str]:
     out: list[str] = []
-    for name in (
-        "per_peer_requests",
-        "max_requests",
-        "rare_requests",
-        "reveal_per_peer",
-        "upload_slots",
-        "upload_queue_per_peer",
-        "upload_queue_total",
-        "have_interval",
-    ):
+    for name in _NODE_KNOBS:
         v = getattr(a, name)
         if v is not None:
             out += [f"--{name.replace('_', '-')}", str(v)]
@@ -634,14 +619,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="profile with py-spy (all threads, native; needs py-spy) instead of cProfile",
     )
     g = p.add_argument_group("NodeConfig (both sides; default: the NodeConfig default)")
-    g.add_argument("--per-peer-requests", type=int)
-    g.add_argument("--max-requests", type=int)
-    g.add_argument("--rare-requests", type=int)
-    g.add_argument("--reveal-per-peer", type=int)
-    g.add_argument("--upload-slots", type=int)
-    g.add_argument("--upload-queue-per-peer", type=int)
-    g.add_argument("--upload-queue-total", type=int)
-    g.add_argument("--have-interval", type=float)
+    for name, kind in _NODE_KNOBS.items():
+        g.add_argument(f"--{name.replace('_', '-')}", type=kind)
     g.add_argument("--no-super-seed", action="store_true", help="seed without super-seeding")
     p.add_argument("--child", choices=sorted(_CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)

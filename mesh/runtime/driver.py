@@ -23,7 +23,6 @@ import ipaddress
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -54,12 +53,6 @@ class Transport(Protocol):
     def close(self, peer: str, reason: str = "") -> None: ...
 
 
-@dataclass
-class Counters:
-    peers_seen: set[str] = field(default_factory=set)
-    complete_copies: dict[ReleaseId, set[str]] = field(default_factory=dict)
-
-
 class Driver:
     def __init__(
         self,
@@ -76,7 +69,7 @@ class Driver:
         self.publish: Callable[[bytes], Awaitable[None]] | None = None
         self._nursery = nursery
         self._on_complete = on_complete
-        self._queue: list[E.Event] = []
+        self._queue: list[E.Event | None] = []
         self._busy = False
         self._wake = trio.Event()
         self._deadline = math.inf
@@ -86,12 +79,14 @@ class Driver:
         self._local_nets = [
             ipaddress.ip_network(f"{ip}/24", strict=False) for ip in (local_ips or [])
         ]
-        self.counters = Counters()
         self.store_error: str | None = None
 
     # -- events in ---------------------------------------------------------------------------
 
-    def feed(self, event: E.Event) -> None:
+    def feed(self, event: E.Event | None) -> None:
+        """Hand ``event`` to the core (``None``: the core's deadline has come), then
+        carry out its actions.  Called while actions are being carried out (an adapter
+        callback firing synchronously), it only queues."""
         self._queue.append(event)
         if self._busy:
             return
@@ -99,7 +94,10 @@ class Driver:
         try:
             while self._queue:
                 ev = self._queue.pop(0)
-                self.core.handle(ev, now=trio.current_time())
+                if ev is None:
+                    self.core.on_deadline(now=trio.current_time())
+                else:
+                    self.core.handle(ev, now=trio.current_time())
                 self._drain()
         finally:
             self._busy = False
@@ -120,16 +118,8 @@ class Driver:
             self._wake = trio.Event()
             with trio.move_on_at(self._deadline):
                 await self._wake.wait()
-            now = trio.current_time()
-            if now >= self._deadline and not self._busy:
-                self._busy = True
-                try:
-                    self.core.on_deadline(now=now)
-                    self._drain()
-                finally:
-                    self._busy = False
-                if self._queue:
-                    self.feed(self._queue.pop(0))
+            if trio.current_time() >= self._deadline:
+                self.feed(None)
 
     # adapter callbacks ----------------------------------------------------------------
 
@@ -149,7 +139,6 @@ class Driver:
             log.info("peer gone from mDNS: %s", _short(peer))
 
     def connected(self, peer: str, outbound: bool, remote_ip: str | None) -> None:
-        self.counters.peers_seen.add(peer)
         self.feed(E.PeerConnected(peer, outbound=outbound, local=self._is_local(peer, remote_ip)))
 
     def disconnected(self, peer: str) -> None:
@@ -194,7 +183,7 @@ class Driver:
                 action.peer, action.release_id, action.index, action.chunk_id, action.length
             )
             if not ok:
-                self._queue.append(E.ChunkSent(action.peer, action.release_id, action.index))
+                self.feed(E.ChunkSent(action.peer, action.release_id, action.index))
         elif isinstance(action, A.StoreChunk):
             self._nursery.start_soon(self._store_chunk, action)
         elif isinstance(action, A.Connect):

@@ -195,7 +195,6 @@ class _Swarm:
         "n",
         "pending_updates",
         "rare_mask",
-        "rare_snapshot",
         "release",
         "requested",
         "requested_mask",
@@ -219,7 +218,6 @@ class _Swarm:
         self.full_mask = (1 << self.n) - 1
         self.avail = [0] * self.n
         self.rare_mask = 0  # chunks exactly one connected peer has
-        self.rare_snapshot: tuple[int, int, int, int] | None = None
         self.requested: dict[int, dict[PeerId, float]] = {}
         self.requested_mask = 0
         self.storing_mask = 0
@@ -367,6 +365,14 @@ class MeshNode:
         self._backoff_heap: list[tuple[float, PeerId]] = []
         self._backoff_epoch = 0  # bumped whenever a peer starts backing off
         self._released = 0  # bumped whenever a chunk request ends (a request slot frees)
+        # What the next scheduling pass must look at.  After a pass that took every
+        # opportunity, only a change can make a new one: a peer gaining chunks we miss
+        # or becoming free (those peers are listed here), or a chunk becoming
+        # requestable again from others, a new swarm, the endgame (a full pass).  Most
+        # events change nothing of the kind, and their pass costs nothing.
+        self._sched_full = True
+        self._sched_peers: dict[PeerId, None] = {}
+        self._sched_probes: dict[PeerId, None] = {}  # backoffs that just ended
         self._stats = {
             "bytes_up": 0,
             "bytes_down": 0,
@@ -408,6 +414,7 @@ class MeshNode:
             self._stall_check()
         if now >= self._next_refresh:
             self._refresh()
+            self._sched_full = True  # a safety net: every refresh, look at every peer
         self._retry_heads()
         self._schedule()
         self._serve_uploads()
@@ -432,20 +439,9 @@ class MeshNode:
                     best = h.next_try
         heap = self._backoff_heap
         if heap:
-            ended = False
-            while heap:
-                t, pid = heap[0]
-                q = self._peers.get(pid)
-                if q is not None and q.busy_until == t and t > self._now:
-                    break  # the next backoff to end
-                heapq.heappop(heap)  # ended, or superseded by a later backoff of q
-                if pid in self._backoff_peers and (q is None or q.busy_until <= self._now):
-                    self._backoff_peers.discard(pid)
-                    ended = True
+            self._end_backoffs()
             if heap and heap[0][0] < best:
-                best = heap[0][0]
-            if ended:
-                self._backoff_epoch += 1  # a backoff ended: the rare pass may retry
+                best = heap[0][0]  # the next backoff to end
         if self._have_flush_at is not None:
             best = min(best, self._have_flush_at)
         now = self._now
@@ -476,6 +472,25 @@ class MeshNode:
             if now < t < best:
                 best = t
         return None if best == math.inf else best
+
+    def _end_backoffs(self) -> None:
+        """Forget the backoffs that have ended; bump the epoch if any did, so the
+        scheduler looks at those peers again."""
+        heap = self._backoff_heap
+        ended = False
+        while heap:
+            t, pid = heap[0]
+            q = self._peers.get(pid)
+            if q is not None and q.busy_until == t and t > self._now:
+                break  # the next backoff to end
+            heapq.heappop(heap)  # ended, or superseded by a later backoff of q
+            if pid in self._backoff_peers and (q is None or q.busy_until <= self._now):
+                self._backoff_peers.discard(pid)
+                self._sched_peers[pid] = None
+                self._sched_probes[pid] = None
+                ended = True
+        if ended:
+            self._backoff_epoch += 1
 
     def _manifest_waits(self) -> list[_Peer]:
         if not (self._heads or self._hints):
@@ -653,6 +668,7 @@ class MeshNode:
                 self._reveal_settled(p, s, shown & ~p.have.get(rid, 0))
         for rid, index in list(p.inflight):
             self._unrequest(rid, index, peer)
+            self._requestable_again(rid, index, None)  # its chunks are out of avail
         for h in self._wanted():
             h.sources.discard(peer)
 
@@ -701,6 +717,7 @@ class MeshNode:
             self._drop_peer(p.id)
             return
         p.hello = msg
+        self._sched_peers[p.id] = None
         for h in msg.heads:
             self._note_head(h.model, h.version, h.release_id, p.id, verified=False)
         for s in self._swarms.values():
@@ -739,6 +756,8 @@ class MeshNode:
             self._reveal_settled(p, s, bits & ~old)
         self._add_avail(s, old, -1)
         p.have[s.rid] = bits
+        if bits & ~old:
+            self._sched_peers[p.id] = None
         p.last_progress = self._now
         self._add_avail(s, bits, +1)
         if self.config.super_seed:
@@ -779,6 +798,7 @@ class MeshNode:
         new &= ~p.denied.get(s.rid, 0)
         if new:
             p.have[s.rid] = bits | new
+            self._sched_peers[p.id] = None
             p.last_progress = self._now
             self._add_avail(s, new, +1)
             if self.config.super_seed:
@@ -907,6 +927,7 @@ class MeshNode:
             p.denied[rid] = p.denied.get(rid, 0) | 1 << index
             self._add_avail(s, 1 << index, -1)
             self._penalise(p, PENALTY_LIE, f"advertised chunk {index} it does not have")
+        self._requestable_again(rid, index, p)
 
     def _msg_chunk_data(self, p: _Peer, msg: ChunkData) -> None:
         s = self._swarms.get(msg.release_id)
@@ -957,6 +978,7 @@ class MeshNode:
 
     def _add_swarm(self, release: SignedRelease, present: Iterable[int]) -> _Swarm:
         s = _Swarm(release)
+        self._sched_full = True
         for i in present:
             if 0 <= i < s.n and not s.have >> i & 1:
                 s.have |= 1 << i
@@ -998,6 +1020,8 @@ class MeshNode:
             return
         bit = 1 << ev.index
         s.storing_mask &= ~bit
+        if not ev.ok:
+            self._sched_full = True  # the chunk is missing again: any holder may do
         p = self._peers.get(ev.peer)
         if not ev.ok:
             self._stats["corrupt"] += 1
@@ -1149,7 +1173,7 @@ class MeshNode:
         if p is not None:
             p.inflight.pop((rid, index), None)
         if self._requests.pop((rid, index, peer), None) is not None:
-            self._released += 1
+            self._sched_peers[peer] = None  # a request slot and this peer are free again
         s = self._swarms.get(rid)
         if s is None:
             return
@@ -1160,6 +1184,13 @@ class MeshNode:
                 del s.requested[index]
                 s.requested_mask &= ~(1 << index)
 
+    def _requestable_again(self, rid: ReleaseId, index: int, p: _Peer | None) -> None:
+        """A request to ``p`` ended without the chunk: if another peer holds it, the
+        next pass looks at every peer."""
+        s = self._swarms.get(rid)
+        if s is not None and s.avail[index] > (p is not None and p.has(rid, index)):
+            self._sched_full = True
+
     def _expire_requests(self) -> None:
         for pid in dict.fromkeys(pid for (_, _, pid) in self._requests):
             p = self._peers[pid]
@@ -1168,6 +1199,7 @@ class MeshNode:
                 if self._now >= sent + limit:
                     self._stats["timeouts"] += 1
                     self._unrequest(rid, index, p.id)
+                    self._requestable_again(rid, index, p)
                     self._send(p.id, Cancel(rid, index))
                     # a slow or lossy peer: expect longer next time
                     p.delivery_ewma = (
@@ -1181,87 +1213,105 @@ class MeshNode:
                     del p.manifest_inflight[rid]
 
     def _schedule(self) -> None:
+        """Send the chunk requests the state allows: per current swarm, rare chunks
+        first (only one peer has them, e.g. a super-seed's reveals: even past
+        ``max_requests``, waiting would leave that peer's uplink idle), then
+        rarest-first from the least busy, fastest peers that have what we miss.
+
+        Incremental: unless a full pass is due, only the peers listed in
+        ``_sched_peers`` (gained chunks, became free) are looked at -- the last pass
+        took every opportunity the others offered."""
         c = self.config
-        if len(self._requests) >= c.max_requests + c.rare_requests:
+        limit = c.max_requests + c.rare_requests
+        if len(self._requests) >= limit:
             return
-        swarms = [s for s in self._swarms.values() if not s.complete and self._is_current(s)]
-        if not swarms:
-            return
-        self._schedule_rare(swarms)
-        total = len(self._requests)
-        if total >= c.max_requests:
-            return
+        if self._backoff_heap and self._backoff_heap[0][0] <= self._now:
+            self._end_backoffs()
+        if not self._sched_full and not self._sched_peers:
+            return  # nothing changed that could make an opportunity
+        if self._sched_full:
+            pool: Iterable[_Peer] = self._peers.values()
+        else:
+            get = self._peers.get
+            pool = [p for p in map(get, self._sched_peers) if p is not None]
+        self._sched_full = False
+        self._sched_peers, probes = {}, self._sched_probes
+        if probes:
+            # a peer whose BUSY backoff just ended gets one request (a probe) in this
+            # pass; the next pass may add the rare chunk's extra request
+            self._sched_probes = {}
+            self._sched_peers.update(probes)
         now = self._now
-        peers = [
-            p
-            for p in self._peers.values()
-            if p.hello is not None and len(p.inflight) < c.per_peer_requests and p.busy_until <= now
-        ]
-        if not peers:
-            return
-        # random rotation, then a stable sort: ties are broken differently each time
-        k = self.rng.randrange(len(peers))
-        peers = peers[k:] + peers[:k]
-        peers.sort(key=lambda p: (len(p.inflight), -p.rate_ewma))
-        for s in swarms:
+        ppr = c.per_peer_requests
+        for s in self._swarms.values():
+            if s.complete or not self._is_current(s):
+                continue
             missing = s.full_mask & ~s.have & ~s.storing_mask
             if not missing:
                 continue
+            fresh = missing & ~s.requested_mask
             endgame = (s.n - s.have_count) <= c.endgame_chunks
+            if endgame:
+                self._sched_full = True  # overdue requests become re-requestable with time
+            want = missing if endgame else fresh
+            if not want:
+                continue
             rid = s.rid
+            # the peers that could serve something we miss now
+            peers = [
+                p
+                for p in pool
+                if p.have.get(rid, 0) & want and p.busy_until <= now and p.hello is not None
+            ]
+            if not peers:
+                continue
+            rare = s.rare_mask & fresh
+            if rare:
+                for p in peers:
+                    bits = p.have.get(rid, 0) & rare
+                    # one request more than usual, unless it said BUSY just now
+                    room = ppr + (p.id not in probes)
+                    while bits and len(p.inflight) < room:
+                        low = bits & -bits
+                        bits ^= low
+                        self._request(p, s, low.bit_length() - 1)
+                        if len(self._requests) >= limit:
+                            self._sched_full = True  # the cap left others unasked
+                            return
+            total = len(self._requests)
+            peers = [p for p in peers if len(p.inflight) < ppr]
+            if not peers:
+                continue
+            if total >= c.max_requests:
+                self._sched_full = True
+                return
+            # random rotation, then a stable sort: ties are broken differently each time
+            k = self.rng.randrange(len(peers))
+            peers = peers[k:] + peers[:k]
+            peers.sort(key=lambda p: (len(p.inflight), -p.rate_ewma))
             progress = True
-            while progress and total < c.max_requests:
+            while progress:
                 progress = False
                 for p in peers:
-                    if total >= c.max_requests:
-                        break
-                    if len(p.inflight) >= c.per_peer_requests:
+                    if len(p.inflight) >= ppr:
                         continue
-                    if c.download_rate is not None and not self._down_bucket.ready(now=self._now):
+                    if c.download_rate is not None and not self._down_bucket.ready(now=now):
+                        self._sched_full = True
                         return
                     theirs = p.have.get(rid, 0) & missing
-                    if not theirs:
-                        continue
                     cand = theirs & ~s.requested_mask
                     if not cand and endgame:
                         cand = theirs & ~self._requested_from(s, p.id) & self._overdue(s)
                     if not cand:
                         continue
-                    index = self._rarest(s, cand)
-                    self._request(p, s, index)
+                    self._request(p, s, self._rarest(s, cand))
                     total += 1
-                    progress = True
-                if c.per_peer_requests <= 1:
-                    break  # a second round finds nothing: each peer got one or had none
-
-    def _schedule_rare(self, swarms: list[_Swarm]) -> None:
-        """Request at once chunks that only one peer has (e.g. a super-seed's reveals),
-        even past ``max_requests``: waiting would leave that peer's uplink idle."""
-        c = self.config
-        limit = c.max_requests + c.rare_requests
-        now = self._now
-        for s in swarms:
-            rare = s.rare_mask & ~s.have & ~s.storing_mask & ~s.requested_mask
-            if not rare:
-                continue
-            # nothing changed since the last fruitless pass: skip the peer scan
-            # (new requests cannot make a fruitless pass fruitful; ended ones can)
-            snapshot = (rare, self._released, len(self._peers), self._backoff_epoch)
-            if snapshot == s.rare_snapshot:
-                continue
-            rid = s.rid
-            for p in self._peers.values():
-                bits = p.have.get(rid, 0) & rare  # usually nothing: test it first
-                if not bits or p.busy_until > now or len(p.inflight) > c.per_peer_requests:
-                    continue
-                while bits and len(p.inflight) <= c.per_peer_requests:
-                    low = bits & -bits
-                    bits ^= low
-                    rare &= ~low
-                    self._request(p, s, low.bit_length() - 1)
-                    if len(self._requests) >= limit:
+                    if total >= c.max_requests:
+                        self._sched_full = True  # the cap left others unasked
                         return
-            s.rare_snapshot = (rare, self._released, len(self._peers), self._backoff_epoch)
+                    progress = True
+                if ppr <= 1:
+                    break  # a second round finds nothing: each peer got one or had none
 
     def _requested_from(self, s: _Swarm, peer: PeerId) -> int:
         mask = 0

@@ -19,20 +19,28 @@ DIGEST_SIZE = 32
 SHORT_HEX = 12  # 48 bits: collisions among the releases of one mesh are not a practical concern
 
 
-class _Digest:
-    """A SHA-256 digest used as a name."""
+class _Digest(tuple[str, bytes]):
+    """A SHA-256 digest used as a name.
 
-    __slots__ = ("_hash", "_raw")
+    Stored as the tuple ``(kind, raw)``: hashing and comparing then run in C, which
+    matters because ids key the dictionaries the core consults several times per
+    event (the simulator handles millions of events).  The kind keeps a chunk id and
+    a release id with the same bytes apart.  Use ``.raw``, never the tuple itself.
+    """
+
+    __slots__ = ()
     kind: ClassVar[str] = "digest"
 
-    def __init__(self, raw: bytes) -> None:
+    def __new__(cls, raw: bytes) -> Self:
         if type(raw) is not bytes or len(raw) != DIGEST_SIZE:
             raise RemoteProtocolError(
-                f"{self.kind} must be {DIGEST_SIZE} bytes, got {type(raw).__name__} "
+                f"{cls.kind} must be {DIGEST_SIZE} bytes, got {type(raw).__name__} "
                 f"of length {len(raw) if isinstance(raw, bytes | bytearray) else '?'}"
             )
-        self._hash = hash(raw)
-        self._raw = raw
+        return tuple.__new__(cls, (cls.kind, raw))
+
+    def __getnewargs__(self) -> tuple[bytes]:
+        return (self[1],)
 
     @classmethod
     def of(cls, data: bytes | bytearray | memoryview) -> Self:
@@ -53,33 +61,19 @@ class _Digest:
 
     @property
     def raw(self) -> bytes:
-        return self._raw
+        return self[1]
 
     def hex(self) -> str:
-        return self._raw.hex()
+        return self[1].hex()
 
     def short(self) -> str:
-        return self._raw.hex()[:SHORT_HEX]
+        return self[1].hex()[:SHORT_HEX]
 
     def __str__(self) -> str:
-        return self._raw.hex()
+        return self[1].hex()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.short()}…)"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._raw == self._raw
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __lt__(self, other: Self) -> bool:
-        return self._raw < other._raw
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if hasattr(self, "_raw"):
-            raise AttributeError(f"{type(self).__name__} is immutable")
-        object.__setattr__(self, name, value)
 
 
 class ChunkId(_Digest):

@@ -438,29 +438,34 @@ class MeshNode:
                 if h.next_try < best and not self._manifest_pending(h.release_id):
                     best = h.next_try
         heap = self._backoff_heap
-        if heap:
-            self._end_backoffs()
+        if heap and len(self._requests) < c.max_requests + c.rare_requests:
+            # the end of a backoff matters only with a request slot free: otherwise the
+            # next pass (a slot frees on an event) sees the peer free again
+            if heap[0][0] <= self._now:
+                self._end_backoffs()
             if heap and heap[0][0] < best:
-                best = heap[0][0]  # the next backoff to end
-        if self._have_flush_at is not None:
-            best = min(best, self._have_flush_at)
+                best = heap[0][0]  # the next backoff to end (or a superseded entry)
+        flush = self._have_flush_at
+        if flush is not None and flush < best:
+            best = flush
         now = self._now
         for s in self._swarms.values():
-            if s.requested and s.n - s.have_count <= c.endgame_chunks and not s.complete:
+            if s.requested and not s.complete and s.n - s.have_count <= c.endgame_chunks:
                 for holders in s.requested.values():
                     if len(holders) == 1:
                         ((peer, t),) = holders.items()
                         due = t + self._endgame_delay(peer)
                         if now < due < best:  # once due, the scheduler acts on events
                             best = due
-        if self._announcements:
-            best = min(best, self._next_announce)
+        if self._announcements and self._next_announce < best:
+            best = self._next_announce
         if self._peers:
-            best = min(best, self._next_refresh)
-            if c.super_seed:
-                best = min(best, self._next_stall_check)
-        if self._candidates and len(self._peers) < c.max_peers:
-            best = min(best, self._next_dial)
+            if self._next_refresh < best:
+                best = self._next_refresh
+            if c.super_seed and self._next_stall_check < best:
+                best = self._next_stall_check
+        if self._candidates and self._next_dial < best and len(self._peers) < c.max_peers:
+            best = self._next_dial
         # a rate limit matters only while the bucket is empty: when it refills, the
         # waiting uploads/requests go ahead (a deadline at "now" would spin)
         if c.upload_rate is not None and any(p.queue for p in self._peers.values()):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import pickle
 from typing import Any
 
 import pytest
@@ -26,10 +28,12 @@ def test_equal_by_value_and_hashable() -> None:
 
 
 def test_kinds_are_distinct() -> None:
-    assert ChunkId(RAW) != ReleaseId(RAW)
-    assert ReleaseId(RAW) != KeyId(RAW)
+    chunk: object = ChunkId(RAW)
+    release: object = ReleaseId(RAW)
+    assert chunk != release
+    assert release != KeyId(RAW)
     assert len({ChunkId(RAW), ReleaseId(RAW), KeyId(RAW)}) == 3
-    assert ChunkId(RAW) != RAW
+    assert chunk != RAW
 
 
 def test_of_is_sha256() -> None:
@@ -65,10 +69,18 @@ def test_ordering_by_raw_bytes() -> None:
 def test_immutable() -> None:
     cid = ChunkId(RAW)
     with pytest.raises(AttributeError):
-        cid._raw = b"\x00" * 32
+        setattr(cid, "raw", b"\x00" * 32)  # noqa: B010
     with pytest.raises(AttributeError):
-        cid.other = 1
+        setattr(cid, "other", 1)  # noqa: B010
     assert cid.raw == RAW
+
+
+def test_copy_and_pickle_keep_the_kind() -> None:
+    cid = ChunkId(RAW)
+    for twin in (copy.copy(cid), copy.deepcopy(cid), pickle.loads(pickle.dumps(cid))):
+        assert type(twin) is ChunkId
+        assert twin == cid
+        assert twin.raw == RAW
 
 
 @pytest.mark.parametrize("raw", [b"", b"\x00" * 31, b"\x00" * 33, b"\x00" * 64])

@@ -191,6 +191,7 @@ class _Swarm:
         "full_mask",
         "have",
         "have_count",
+        "holders",
         "lengths",
         "n",
         "pending_updates",
@@ -217,6 +218,7 @@ class _Swarm:
         self.have_count = 0
         self.full_mask = (1 << self.n) - 1
         self.avail = [0] * self.n
+        self.holders = [0] * self.n  # per chunk: the slot bits of the peers that have it
         self.rare_mask = 0  # chunks exactly one connected peer has
         self.requested: dict[int, dict[PeerId, float]] = {}
         self.requested_mask = 0
@@ -295,6 +297,7 @@ class _Peer:
     rate_ewma: float = 0.0  # bytes/s delivered to us
     manifest_inflight: dict[ReleaseId, float] = field(default_factory=dict)
     busy_until: float = 0.0  # it answered BUSY: do not ask it again before this
+    slot: int = 0  # its number among the connected peers (reused after it leaves)
     last_progress: float = 0.0  # when its have-set last grew (super-seeding stall check)
     hello_sent_at: float = 0.0
     local: bool = True  # on our LAN (as the driver saw the connection's address)
@@ -373,6 +376,9 @@ class MeshNode:
         self._sched_full = True
         self._sched_peers: dict[PeerId, None] = {}
         self._sched_probes: dict[PeerId, None] = {}  # backoffs that just ended
+        # connected peers by slot number (None: free), for the swarms' holder masks
+        self._slots: list[_Peer | None] = []
+        self._free_slots: list[int] = []
         self._stats = {
             "bytes_up": 0,
             "bytes_down": 0,
@@ -646,9 +652,15 @@ class MeshNode:
         if len(self._peers) >= limit and ev.peer not in self._static:
             self._emit(A.Disconnect(ev.peer, "too many peers"))
             return
-        self._peers[ev.peer] = _Peer(
+        p = self._peers[ev.peer] = _Peer(
             ev.peer, ev.outbound, self._now, last_progress=self._now, local=ev.local
         )
+        if self._free_slots:
+            p.slot = self._free_slots.pop()
+            self._slots[p.slot] = p
+        else:
+            p.slot = len(self._slots)
+            self._slots.append(p)
         self._peers[ev.peer].hello_sent_at = self._now
         self._send(ev.peer, Hello(self.config.mesh, PROTOCOL_VERSION, self.heads()))
 
@@ -666,7 +678,9 @@ class MeshNode:
         for rid, bits in p.have.items():
             s = self._swarms.get(rid)
             if s is not None:
-                self._add_avail(s, bits, -1)
+                self._add_avail(s, bits, -1, p)
+        self._slots[p.slot] = None
+        self._free_slots.append(p.slot)
         for rid, shown in p.revealed.items():
             s = self._swarms.get(rid)
             if s is not None:
@@ -759,22 +773,26 @@ class MeshNode:
         old = p.have.get(s.rid, 0)
         if self.config.super_seed:
             self._reveal_settled(p, s, bits & ~old)
-        self._add_avail(s, old, -1)
+        self._add_avail(s, old, -1, p)
         p.have[s.rid] = bits
         if bits & ~old:
             self._sched_peers[p.id] = None
         p.last_progress = self._now
-        self._add_avail(s, bits, +1)
+        self._add_avail(s, bits, +1, p)
         if self.config.super_seed:
             self._reveal(p, s)
 
-    def _add_avail(self, s: _Swarm, bits: int, delta: int) -> None:
+    def _add_avail(self, s: _Swarm, bits: int, delta: int, p: _Peer) -> None:
+        """``p`` has (``delta`` +1) or no longer has (-1) the chunks in ``bits``."""
         avail = s.avail
+        holders = s.holders
+        slot = 1 << p.slot
         rare = s.rare_mask
         while bits:
             low = bits & -bits
             i = low.bit_length() - 1
             a = avail[i] = avail[i] + delta
+            holders[i] = holders[i] | slot if delta > 0 else holders[i] & ~slot
             if a == 1:
                 rare |= low
             else:
@@ -805,7 +823,7 @@ class MeshNode:
             p.have[s.rid] = bits | new
             self._sched_peers[p.id] = None
             p.last_progress = self._now
-            self._add_avail(s, new, +1)
+            self._add_avail(s, new, +1, p)
             if self.config.super_seed:
                 self._reveal_settled(p, s, new)
                 self._reveal(p, s)
@@ -930,7 +948,7 @@ class MeshNode:
             # it advertised the chunk and now denies it: a lie (or it lost the chunk)
             p.have[rid] &= ~(1 << index)
             p.denied[rid] = p.denied.get(rid, 0) | 1 << index
-            self._add_avail(s, 1 << index, -1)
+            self._add_avail(s, 1 << index, -1, p)
             self._penalise(p, PENALTY_LIE, f"advertised chunk {index} it does not have")
         self._requestable_again(rid, index, p)
 
@@ -1034,7 +1052,7 @@ class MeshNode:
             if p is not None:
                 if p.has(s.rid, ev.index):
                     p.have[s.rid] &= ~bit
-                    self._add_avail(s, bit, -1)
+                    self._add_avail(s, bit, -1, p)
                 self._penalise(
                     p,
                     PENALTY_CORRUPT,
@@ -1190,11 +1208,21 @@ class MeshNode:
                 s.requested_mask &= ~(1 << index)
 
     def _requestable_again(self, rid: ReleaseId, index: int, p: _Peer | None) -> None:
-        """A request to ``p`` ended without the chunk: if another peer holds it, the
-        next pass looks at every peer."""
+        """A request to ``p`` ended without the chunk: the other peers that hold it
+        are opportunities for the next pass."""
         s = self._swarms.get(rid)
-        if s is not None and s.avail[index] > (p is not None and p.has(rid, index)):
-            self._sched_full = True
+        if s is None:
+            return
+        mask = s.holders[index]
+        if p is not None:
+            mask &= ~(1 << p.slot)
+        slots = self._slots
+        while mask:
+            low = mask & -mask
+            mask ^= low
+            q = slots[low.bit_length() - 1]
+            if q is not None:
+                self._sched_peers[q.id] = None
 
     def _expire_requests(self) -> None:
         for pid in dict.fromkeys(pid for (_, _, pid) in self._requests):
@@ -1281,14 +1309,14 @@ class MeshNode:
                         bits ^= low
                         self._request(p, s, low.bit_length() - 1)
                         if len(self._requests) >= limit:
-                            self._sched_full = True  # the cap left others unasked
+                            self._unasked(peers)
                             return
             total = len(self._requests)
             peers = [p for p in peers if len(p.inflight) < ppr]
             if not peers:
                 continue
             if total >= c.max_requests:
-                self._sched_full = True
+                self._unasked(peers)
                 return
             # random rotation, then a stable sort: ties are broken differently each time
             k = self.rng.randrange(len(peers))
@@ -1312,11 +1340,21 @@ class MeshNode:
                     self._request(p, s, self._rarest(s, cand))
                     total += 1
                     if total >= c.max_requests:
-                        self._sched_full = True  # the cap left others unasked
+                        self._unasked(peers)
                         return
                     progress = True
                 if ppr <= 1:
                     break  # a second round finds nothing: each peer got one or had none
+
+    def _unasked(self, peers: list[_Peer]) -> None:
+        """The pass stopped at the request cap: the peers it had not asked yet (and any
+        other swarm's) are opportunities for the next pass."""
+        if len(self._swarms) > 1:
+            self._sched_full = True
+        ppr = self.config.per_peer_requests
+        for p in peers:
+            if len(p.inflight) <= ppr:  # a rare chunk may take one more
+                self._sched_peers[p.id] = None
 
     def _requested_from(self, s: _Swarm, peer: PeerId) -> int:
         mask = 0

@@ -193,6 +193,7 @@ class _Swarm:
         "have_count",
         "holders",
         "lengths",
+        "model",
         "n",
         "pending_updates",
         "rare_mask",
@@ -204,12 +205,15 @@ class _Swarm:
         "storing_mask",
         "ungiven",
         "ungiven_remote",
+        "version",
     )
 
     def __init__(self, release: SignedRelease) -> None:
         m = release.manifest
         self.release = release
         self.rid = m.release_id
+        self.model = m.model
+        self.version = m.version
         refs = list(m.chunk_refs())
         self.n = len(refs)
         self.chunk_ids: list[ChunkId] = [r.chunk_id for r in refs]
@@ -230,14 +234,6 @@ class _Swarm:
         self.ungiven_remote = self.full_mask  # ... to a peer beyond the LAN
         self.reveal_pending = [0] * self.n
         self.completed_at: float | None = None
-
-    @property
-    def model(self) -> str:
-        return self.release.manifest.model
-
-    @property
-    def version(self) -> int:
-        return self.release.manifest.version
 
     @property
     def complete(self) -> bool:
@@ -362,6 +358,9 @@ class MeshNode:
         self._down_bucket = TokenBucket(config.download_rate, 4 * 1024 * 1024, now=now)
         self._uploading_total = 0
         self._requests: dict[tuple[ReleaseId, int, PeerId], float] = {}  # chunk requests out
+        # when the first of them times out (None: to be computed; a request ending
+        # or a peer's timeout changing resets it, a new request only lowers it)
+        self._requests_due: float | None = None
         self._backoff_peers: set[PeerId] = set()  # peers that said BUSY recently
         # (busy_until, peer) for them: a heap, so the next backoff to end is found
         # without visiting every backing-off peer after every event
@@ -427,15 +426,16 @@ class MeshNode:
 
     def next_deadline(self) -> float | None:
         # called after every event: a running minimum, no lists, cheap checks first
-        best = math.inf
         c = self.config
-        if self._requests:
+        best = self._requests_due
+        if best is None:
+            best = math.inf
             peers = self._peers
             for (_, _, peer), sent in self._requests.items():
-                p = peers[peer]
-                t = sent + (p.timeout if p.delivery_ewma is p.timeout_of else self._timeout(p))
+                t = sent + self._timeout(peers[peer])
                 if t < best:
                     best = t
+            self._requests_due = best
         if self._heads or self._hints:
             for p in self._manifest_waits():
                 for sent in p.manifest_inflight.values():
@@ -775,8 +775,8 @@ class MeshNode:
             self._reveal_settled(p, s, bits & ~old)
         self._add_avail(s, old, -1, p)
         p.have[s.rid] = bits
-        if bits & ~old:
-            self._sched_peers[p.id] = None
+        if bits & ~old & ~(s.have | s.storing_mask | s.requested_mask):
+            self._sched_peers[p.id] = None  # it has something to ask it for
         p.last_progress = self._now
         self._add_avail(s, bits, +1, p)
         if self.config.super_seed:
@@ -821,7 +821,8 @@ class MeshNode:
         new &= ~p.denied.get(s.rid, 0)
         if new:
             p.have[s.rid] = bits | new
-            self._sched_peers[p.id] = None
+            if new & ~(s.have | s.storing_mask | s.requested_mask):
+                self._sched_peers[p.id] = None  # it has something to ask it for
             p.last_progress = self._now
             self._add_avail(s, new, +1, p)
             if self.config.super_seed:
@@ -967,6 +968,7 @@ class MeshNode:
             p.delivery_ewma = (
                 elapsed if p.delivery_ewma is None else (0.7 * p.delivery_ewma + 0.3 * elapsed)
             )
+            self._requests_due = None  # its other requests' timeout moved
             p.rate_ewma = 0.7 * p.rate_ewma + 0.3 * (size / elapsed)
         bit = 1 << msg.index
         if (s.have | s.storing_mask) & bit:
@@ -1196,6 +1198,7 @@ class MeshNode:
         if p is not None:
             p.inflight.pop((rid, index), None)
         if self._requests.pop((rid, index, peer), None) is not None:
+            self._requests_due = None
             self._sched_peers[peer] = None  # a request slot and this peer are free again
         s = self._swarms.get(rid)
         if s is None:
@@ -1240,6 +1243,7 @@ class MeshNode:
                         if p.delivery_ewma is None
                         else max(p.delivery_ewma, limit / self.config.request_timeout_factor)
                     )
+                    self._requests_due = None
         for p in self._manifest_waits():
             for rid, sent in list(p.manifest_inflight.items()):
                 if self._now >= sent + self.config.manifest_timeout:
@@ -1399,6 +1403,11 @@ class MeshNode:
     def _request(self, p: _Peer, s: _Swarm, index: int) -> None:
         p.inflight[(s.rid, index)] = self._now
         self._requests[(s.rid, index, p.id)] = self._now
+        due = self._requests_due
+        if due is not None:
+            t = self._now + self._timeout(p)
+            if t < due:
+                self._requests_due = t
         s.requested.setdefault(index, {})[p.id] = self._now
         s.requested_mask |= 1 << index
         if self.config.download_rate is not None:
@@ -1442,11 +1451,15 @@ class MeshNode:
             batches = [
                 HaveUpdate(s.rid, updates[i : i + 4096]) for i in range(0, len(updates), 4096)
             ]
+            mask = 0
+            for i in updates:
+                mask |= 1 << i
+            rid = s.rid
             for p in self._peers.values():
                 if p.hello is None:
                     continue
-                theirs = p.have.get(s.rid, 0) if p.fetcher else 0
-                if theirs and any(theirs >> i & 1 for i in updates):
+                theirs = p.have.get(rid, 0) & mask if p.fetcher else 0
+                if theirs:
                     # a fetching peer only asks for chunks it lacks: do not tell it about
                     # the ones it holds.  A peer that never asked us for anything may be
                     # a super-seed, which tracks who holds what: it hears everything.

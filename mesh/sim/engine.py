@@ -328,14 +328,14 @@ class Simulation:
                 break
             self.now = t
             self.events += 1
-            if kind == _TIMER:
+            if kind == _DELIVER:
+                self._deliver(*payload)
+            elif kind == _TIMER:
                 node = self.nodes[payload[0]]
                 if node.alive and node.timer_at == payload[1] and node.core is not None:
                     node.timer_at = None
                     node.core.on_deadline(now=t)
                     self._drain(node)
-            elif kind == _DELIVER:
-                self._deliver(*payload)
             elif kind == _FLOW:
                 self._flow_done(*payload)
             elif kind == _GOSSIP:
@@ -574,47 +574,54 @@ class Simulation:
         # Notice: nothing to carry out in a simulation
 
     def _send(self, node: SimNode, peer: str, msg: wire.Message) -> None:
+        # the hottest path of a run (every control frame): written out, no helpers
         target = self.by_id.get(peer)
         if target is None:
             return
-        pair = self._pair(node.index, target.index)
-        conn = self._conns.get(pair)
+        a, b = node.index, target.index
+        conn = self._conns.get((a, b) if a < b else (b, a))
         if conn is None:
             return
-        if "lie" in node.hostile and isinstance(msg, wire.Have):
+        if node.hostile and "lie" in node.hostile and isinstance(msg, wire.Have):
             msg = wire.Have(msg.release_id, b"\xff" * len(msg.bitfield))
         frame = self._codec_cache.get(msg)
         if frame is None:  # the real codec: sizes are real, decoding is exercised
             frame = wire.encode(msg)
             self._remember(msg, frame)
-        if self.scenario.loss and self.rng.random() < self.scenario.loss:
+        loss = self.scenario.loss
+        if loss and self.rng.random() < loss:
             self.lost_frames += 1
             return
-        rate = min(node.up.capacity, target.down.capacity)
-        arrive = self.now + self._latency(node, target) + len(frame) / rate
-        d = 0 if node.index < target.index else 1
-        arrive = max(arrive, conn[d])  # one stream per peer pair: in order
+        up, down = node.up.capacity, target.down.capacity
+        lat = node.latency + target.latency
+        if node.site != target.site:
+            lat += self.sites[node.site].wan_latency_s + self.sites[target.site].wan_latency_s
+        arrive = self.now + lat + len(frame) / (up if up < down else down)
+        d = 0 if a < b else 1
+        if arrive < conn[d]:
+            arrive = conn[d]  # one stream per peer pair: in order
         conn[d] = arrive
-        self._push(arrive, _DELIVER, (target.index, node.index, frame, None))
+        heapq.heappush(self._heap, (arrive, next(self._seq), _DELIVER, (b, a, frame, None)))
 
     def _deliver(self, dst: int, src: int, frame: bytes | None, note: str | None) -> None:
         node = self.nodes[dst]
-        if not node.alive or node.core is None:
+        core = node.core
+        if not node.alive or core is None:
             return
         peer = self.nodes[src].id
-        if note == "disconnected":
-            node.core.handle(E.PeerDisconnected(peer), now=self.now)
-        elif note == "chunk":
-            return
-        else:
-            if self._pair(dst, src) not in self._conns:
+        if note is None:
+            if ((dst, src) if dst < src else (src, dst)) not in self._conns:
                 return
             assert frame is not None
             msg = self._codec_cache.get(frame)
             if msg is None:
                 msg = wire.decode(frame)
                 self._remember(frame, msg)
-            node.core.handle(E.MessageReceived(peer, msg), now=self.now)
+            core.receive(peer, msg, now=self.now)
+        elif note == "disconnected":
+            core.handle(E.PeerDisconnected(peer), now=self.now)
+        else:  # "chunk"
+            return
         self._drain(node)
 
     def _remember(self, key: Any, value: Any) -> None:

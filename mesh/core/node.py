@@ -1335,10 +1335,11 @@ class MeshNode:
             if total >= c.max_requests:
                 self._unasked(peers)
                 return
-            # random rotation, then a stable sort: ties are broken differently each time
-            k = self.rng.randrange(len(peers))
-            peers = peers[k:] + peers[:k]
-            peers.sort(key=lambda p: (len(p.inflight), -p.rate_ewma))
+            if len(peers) > 1:
+                # random rotation, then a stable sort: ties are broken differently each time
+                k = self.rng.randrange(len(peers))
+                peers = peers[k:] + peers[:k]
+                peers.sort(key=lambda p: (len(p.inflight), -p.rate_ewma))
             progress = True
             while progress:
                 progress = False

@@ -52,7 +52,7 @@ _MAX_SAME_TIME_TIMERS = 10_000  # guard against a deadline that never advances
 _CREATED = 1_800_000_000  # fixed manifest creation time: runs must be reproducible
 
 # heap event kinds
-_TIMER, _DELIVER, _FLOW, _GOSSIP, _SCRIPT, _CONNECT = range(6)
+_TIMER, _DELIVER, _FLOW, _GOSSIP, _SCRIPT, _CONNECT, _FRAMES = range(7)
 _PENDING_SCRIPTS = frozenset(("restart", "late", "join", "heal"))  # the run waits for these
 
 
@@ -138,6 +138,11 @@ class Simulation:
         self.rng = random.Random(seed)
         self.now = 0.0
         self._heap: list[tuple[float, int, int, Any]] = []
+        # The frames of the newest heap entry (kind _FRAMES) and their arrival time:
+        # frames sent one after another that arrive at the same time (a have-update to
+        # every peer on a LAN) share one entry -- they would have had consecutive
+        # sequence numbers, so they are handled in exactly the same order.
+        self._frames: tuple[float, list[tuple[int, int, bytes]]] | None = None
         self._seq = itertools.count()
         self.events = 0
         self.net = FlowNetwork()
@@ -290,6 +295,7 @@ class Simulation:
     def _push(self, t: float, kind: int, payload: Any) -> None:
         if kind == _SCRIPT and payload[0] in _PENDING_SCRIPTS:
             self._scripts_pending += 1
+        self._frames = None
         heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
 
     def _connected(self, pair: tuple[int, int]) -> None:
@@ -318,24 +324,29 @@ class Simulation:
         honest = [n for n in self.nodes[1:] if not n.hostile]
         next_report = 0
         heap = self._heap
+        pop = heapq.heappop
+        receive = self._receive
+        stop_at = sc.time_limit_s if until is None else min(until, sc.time_limit_s)
         while heap:
-            if until is not None and heap[0][0] > until:
-                self.now = until
+            if heap[0][0] > stop_at:
+                self.now = stop_at
                 break
-            t, _, kind, payload = heapq.heappop(heap)
-            if t > sc.time_limit_s:
-                self.now = sc.time_limit_s
-                break
+            t, _, kind, payload = pop(heap)
             self.now = t
+            self._frames = None
             self.events += 1
-            if kind == _DELIVER:
-                self._deliver(*payload)
+            if kind == _FRAMES:
+                self.events += len(payload) - 1
+                for dst, src, frame in payload:
+                    receive(dst, src, frame)
             elif kind == _TIMER:
                 node = self.nodes[payload[0]]
                 if node.alive and node.timer_at == payload[1] and node.core is not None:
                     node.timer_at = None
                     node.core.on_deadline(now=t)
                     self._drain(node)
+            elif kind == _DELIVER:
+                self._deliver(*payload)
             elif kind == _FLOW:
                 self._flow_done(*payload)
             elif kind == _GOSSIP:
@@ -601,28 +612,35 @@ class Simulation:
         if arrive < conn[d]:
             arrive = conn[d]  # one stream per peer pair: in order
         conn[d] = arrive
-        heapq.heappush(self._heap, (arrive, next(self._seq), _DELIVER, (b, a, frame, None)))
+        batch = self._frames
+        if batch is not None and batch[0] == arrive:
+            batch[1].append((b, a, frame))
+        else:
+            frames = [(b, a, frame)]
+            self._frames = (arrive, frames)
+            heapq.heappush(self._heap, (arrive, next(self._seq), _FRAMES, frames))
 
-    def _deliver(self, dst: int, src: int, frame: bytes | None, note: str | None) -> None:
+    def _receive(self, dst: int, src: int, frame: bytes) -> None:
+        """A control frame from ``src`` reaches ``dst``."""
         node = self.nodes[dst]
         core = node.core
         if not node.alive or core is None:
             return
-        peer = self.nodes[src].id
-        if note is None:
-            if ((dst, src) if dst < src else (src, dst)) not in self._conns:
-                return
-            assert frame is not None
-            msg = self._codec_cache.get(frame)
-            if msg is None:
-                msg = wire.decode(frame)
-                self._remember(frame, msg)
-            core.receive(peer, msg, now=self.now)
-        elif note == "disconnected":
-            core.handle(E.PeerDisconnected(peer), now=self.now)
-        else:  # "chunk"
+        if ((dst, src) if dst < src else (src, dst)) not in self._conns:
             return
+        msg = self._codec_cache.get(frame)
+        if msg is None:
+            msg = wire.decode(frame)
+            self._remember(frame, msg)
+        core.receive(self.nodes[src].id, msg, now=self.now)
         self._drain(node)
+
+    def _deliver(self, dst: int, src: int, frame: bytes | None, note: str) -> None:
+        """A note about the connection from ``src`` reaches ``dst``."""
+        node = self.nodes[dst]
+        if note == "disconnected" and node.alive and node.core is not None:
+            node.core.handle(E.PeerDisconnected(self.nodes[src].id), now=self.now)
+            self._drain(node)
 
     def _remember(self, key: Any, value: Any) -> None:
         """A node sends the same have-update to all its peers: encode (and decode) each

@@ -79,6 +79,8 @@ PENALTY_PROTOCOL = 2.0
 PENALTY_BAD_MANIFEST = 2.0
 MAX_PENDING_HAVES = 8  # have-sets for releases we do not know yet, per peer
 MAX_UPDATE_BACKLOG = 65536  # have-update indexes kept per pending have-set
+#: byte -> the byte with its bits in reverse order (wire bitfields are MSB first)
+_BIT_REVERSE = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 MAX_HEADS = 256
 MAX_REJECTED = 1024
 MAX_CANDIDATES = 512  # discovered peers remembered for dialling
@@ -240,33 +242,18 @@ class _Swarm:
         return self.have_count == self.n
 
     def bitfield(self, bits: int | None = None) -> bytes:
+        # chunk i = bit i of the int = bit (i % 8), MSB first, of byte i // 8 on the wire
         b = self.have if bits is None else bits
-        nbytes = (self.n + 7) // 8
-        # bit i (MSB first in byte i//8) = chunk i
-        out = bytearray(nbytes)
-        i = 0
-        while b:
-            low = b & -b
-            i = low.bit_length() - 1
-            out[i >> 3] |= 0x80 >> (i & 7)
-            b ^= low
-        return bytes(out)
+        return b.to_bytes((self.n + 7) // 8, "little").translate(_BIT_REVERSE)
 
     def parse_bitfield(self, data: bytes) -> int:
         if len(data) != (self.n + 7) // 8:
             raise RemoteProtocolError(
                 f"have bitfield of {len(data)} bytes for a release of {self.n} chunks"
             )
-        bits = 0
-        for byte_index, byte in enumerate(data):
-            if not byte:
-                continue
-            for bit in range(8):
-                if byte & (0x80 >> bit):
-                    i = byte_index * 8 + bit
-                    if i >= self.n:
-                        raise RemoteProtocolError("have bitfield sets bits past the last chunk")
-                    bits |= 1 << i
+        bits = int.from_bytes(data.translate(_BIT_REVERSE), "little")
+        if bits >> self.n:
+            raise RemoteProtocolError("have bitfield sets bits past the last chunk")
         return bits
 
 
@@ -784,12 +771,15 @@ class MeshNode:
         old = p.have.get(s.rid, 0)
         if self.config.super_seed:
             self._reveal_settled(p, s, bits & ~old)
-        self._add_avail(s, old, -1, p)
+        gone, new = old & ~bits, bits & ~old  # a periodic full have-set: usually neither
+        if gone:
+            self._add_avail(s, gone, -1, p)
         p.have[s.rid] = bits
-        if bits & ~old & ~(s.have | s.storing_mask | s.requested_mask):
+        if new & ~(s.have | s.storing_mask | s.requested_mask):
             self._sched_peers[p.id] = None  # it has something to ask it for
         p.last_progress = self._now
-        self._add_avail(s, bits, +1, p)
+        if new:
+            self._add_avail(s, new, +1, p)
         if self.config.super_seed:
             self._reveal(p, s)
 
@@ -799,16 +789,22 @@ class MeshNode:
         holders = s.holders
         slot = 1 << p.slot
         rare = s.rare_mask
-        while bits:
-            low = bits & -bits
-            i = low.bit_length() - 1
-            a = avail[i] = avail[i] + delta
-            holders[i] = holders[i] | slot if delta > 0 else holders[i] & ~slot
-            if a == 1:
-                rare |= low
-            else:
-                rare &= ~low
-            bits ^= low
+        if delta > 0:
+            while bits:
+                low = bits & -bits
+                i = low.bit_length() - 1
+                a = avail[i] = avail[i] + 1
+                holders[i] |= slot
+                rare = rare | low if a == 1 else rare & ~low
+                bits ^= low
+        else:
+            while bits:
+                low = bits & -bits
+                i = low.bit_length() - 1
+                a = avail[i] = avail[i] - 1
+                holders[i] &= ~slot
+                rare = rare | low if a == 1 else rare & ~low
+                bits ^= low
         s.rare_mask = rare
 
     def _msg_have_update(self, p: _Peer, msg: HaveUpdate) -> None:

@@ -51,6 +51,7 @@ from typing import Any
 from mesh.core import actions as A
 from mesh.core import events as E
 from mesh.core.announce import Announcement
+from mesh.core.pipeline import BusyRate, extra_depth
 from mesh.core.ratelimit import TokenBucket
 from mesh.core.trust import SignedRelease, TrustStore
 from mesh.core.wire import (
@@ -128,6 +129,16 @@ class NodeConfig:
     #: other holders have free upload slots.
     upload_queue_per_peer: int = 4
     upload_queue_total: int = 0
+    #: Keep about this many seconds of a fast peer's measured rate in flight: a peer
+    #: that moves more than a chunk per pipeline_time gets rate * pipeline_time /
+    #: chunk size requests beyond per_peer_requests and max_requests, and a super-seed
+    #: queues and reveals that many more for a peer it uploads to that fast
+    #: (mesh/core/pipeline.py).  At 100 Mbit/s with 1 MiB chunks that is none (0.48);
+    #: between two processes on loopback it is the cap, which keeps the stream busy
+    #: across each request's round trip.  0 turns it off.
+    pipeline_time: float = 0.04
+    #: ... and at most this many extra per peer.
+    max_pipeline: int = 8
     #: Batch have-updates this long: fewer messages, slightly later availability.
     have_interval: float = 0.02
     #: Request timeout: max(min, factor x this peer's typical delivery time).
@@ -305,6 +316,13 @@ class _Peer:
     # it has asked us for a chunk, so it is fetching, not a (super-)seed: it need not
     # hear about chunks it already holds (see _flush_have_updates)
     fetcher: bool = False
+    # adaptive pipelining (mesh/core/pipeline.py): its delivery rate to us while our
+    # requests were outstanding, and ours to it while we uploaded; the extra requests
+    # we send it and the extra reveals/queued requests we allow it
+    down_rate: BusyRate | None = None
+    up_rate: BusyRate | None = None
+    extra: int = 0
+    up_extra: int = 0
 
     def has(self, rid: ReleaseId, index: int) -> bool:
         return bool(self.have.get(rid, 0) >> index & 1)
@@ -367,6 +385,7 @@ class MeshNode:
         self._backoff_heap: list[tuple[float, PeerId]] = []
         self._backoff_epoch = 0  # bumped whenever a peer starts backing off
         self._released = 0  # bumped whenever a chunk request ends (a request slot frees)
+        self._extra_total = 0  # sum of the peers' extra (adaptive pipelining)
         self._stats = {
             "bytes_up": 0,
             "bytes_down": 0,
@@ -627,7 +646,13 @@ class MeshNode:
             self._emit(A.Disconnect(ev.peer, "too many peers"))
             return
         self._peers[ev.peer] = _Peer(
-            ev.peer, ev.outbound, self._now, last_progress=self._now, local=ev.local
+            ev.peer,
+            ev.outbound,
+            self._now,
+            last_progress=self._now,
+            local=ev.local,
+            down_rate=BusyRate(self.config.pipeline_time),
+            up_rate=BusyRate(self.config.pipeline_time),
         )
         self._peers[ev.peer].hello_sent_at = self._now
         self._send(ev.peer, Hello(self.config.mesh, PROTOCOL_VERSION, self.heads()))
@@ -643,6 +668,7 @@ class MeshNode:
         if peer in self._backoff_peers:
             heapq.heappush(self._backoff_heap, (-math.inf, peer))  # ended: see next_deadline
         self._uploading_total -= p.uploading
+        self._extra_total -= p.extra
         for rid, bits in p.have.items():
             s = self._swarms.get(rid)
             if s is not None:
@@ -859,7 +885,7 @@ class MeshNode:
         # (without a rate limit the queue is empty while a slot is free)
         c = self.config
         up = self._uploading_total
-        if up >= c.upload_slots or c.upload_rate is not None:
+        if (up >= c.upload_slots or c.upload_rate is not None) and len(p.queue) >= p.up_extra:
             queued = (
                 0  # every slot busy and no queue: BUSY, whatever is queued
                 if up >= c.upload_slots and c.upload_queue_total <= 0
@@ -924,6 +950,7 @@ class MeshNode:
                 elapsed if p.delivery_ewma is None else (0.7 * p.delivery_ewma + 0.3 * elapsed)
             )
             p.rate_ewma = 0.7 * p.rate_ewma + 0.3 * (size / elapsed)
+            self._pipeline_down(p, size)
         bit = 1 << msg.index
         if (s.have | s.storing_mask) & bit:
             self._stats["wasted"] += size
@@ -1040,6 +1067,7 @@ class MeshNode:
             self._uploading_total -= 1
             size = s.lengths[ev.index] if s is not None and ev.index < s.n else 0
             p.bytes_to += size
+            self._pipeline_up(p, size)
         elif p is None:
             # peer dropped mid-transfer; its slot was already released in _drop_peer
             return
@@ -1053,6 +1081,8 @@ class MeshNode:
         if p is not None and p.uploading > 0:
             p.uploading -= 1
             self._uploading_total -= 1
+            if not p.uploading and p.up_rate is not None:
+                p.up_rate.stop(self._now)
             self._send(p.id, Reject(RejectCode.NOT_HAVE, ev.release_id, ev.index))
         s = self._swarms.get(ev.release_id)
         if s is not None and s.have >> ev.index & 1:
@@ -1148,6 +1178,8 @@ class MeshNode:
         p = self._peers.get(peer)
         if p is not None:
             p.inflight.pop((rid, index), None)
+            if not p.inflight and p.down_rate is not None:
+                p.down_rate.stop(self._now)
         if self._requests.pop((rid, index, peer), None) is not None:
             self._released += 1
         s = self._swarms.get(rid)
@@ -1182,20 +1214,23 @@ class MeshNode:
 
     def _schedule(self) -> None:
         c = self.config
-        if len(self._requests) >= c.max_requests + c.rare_requests:
+        extra = self._extra_total
+        if len(self._requests) >= c.max_requests + c.rare_requests + extra:
             return
         swarms = [s for s in self._swarms.values() if not s.complete and self._is_current(s)]
         if not swarms:
             return
         self._schedule_rare(swarms)
         total = len(self._requests)
-        if total >= c.max_requests:
+        max_requests = c.max_requests + extra
+        if total >= max_requests:
             return
         now = self._now
+        ppr = c.per_peer_requests
         peers = [
             p
             for p in self._peers.values()
-            if p.hello is not None and len(p.inflight) < c.per_peer_requests and p.busy_until <= now
+            if p.hello is not None and len(p.inflight) < ppr + p.extra and p.busy_until <= now
         ]
         if not peers:
             return
@@ -1210,12 +1245,12 @@ class MeshNode:
             endgame = (s.n - s.have_count) <= c.endgame_chunks
             rid = s.rid
             progress = True
-            while progress and total < c.max_requests:
+            while progress and total < max_requests:
                 progress = False
                 for p in peers:
-                    if total >= c.max_requests:
+                    if total >= max_requests:
                         break
-                    if len(p.inflight) >= c.per_peer_requests:
+                    if len(p.inflight) >= ppr + p.extra:
                         continue
                     if c.download_rate is not None and not self._down_bucket.ready(now=self._now):
                         return
@@ -1231,14 +1266,14 @@ class MeshNode:
                     self._request(p, s, index)
                     total += 1
                     progress = True
-                if c.per_peer_requests <= 1:
+                if ppr <= 1 and not extra:
                     break  # a second round finds nothing: each peer got one or had none
 
     def _schedule_rare(self, swarms: list[_Swarm]) -> None:
         """Request at once chunks that only one peer has (e.g. a super-seed's reveals),
         even past ``max_requests``: waiting would leave that peer's uplink idle."""
         c = self.config
-        limit = c.max_requests + c.rare_requests
+        limit = c.max_requests + c.rare_requests + self._extra_total
         now = self._now
         for s in swarms:
             rare = s.rare_mask & ~s.have & ~s.storing_mask & ~s.requested_mask
@@ -1252,9 +1287,10 @@ class MeshNode:
             rid = s.rid
             for p in self._peers.values():
                 bits = p.have.get(rid, 0) & rare  # usually nothing: test it first
-                if not bits or p.busy_until > now or len(p.inflight) > c.per_peer_requests:
+                depth = c.per_peer_requests + p.extra
+                if not bits or p.busy_until > now or len(p.inflight) > depth:
                     continue
-                while bits and len(p.inflight) <= c.per_peer_requests:
+                while bits and len(p.inflight) <= depth:
                     low = bits & -bits
                     bits ^= low
                     rare &= ~low
@@ -1304,6 +1340,8 @@ class MeshNode:
         return best
 
     def _request(self, p: _Peer, s: _Swarm, index: int) -> None:
+        if not p.inflight and p.down_rate is not None:
+            p.down_rate.start(self._now)
         p.inflight[(s.rid, index)] = self._now
         self._requests[(s.rid, index, p.id)] = self._now
         s.requested.setdefault(index, {})[p.id] = self._now
@@ -1311,6 +1349,28 @@ class MeshNode:
         if self.config.download_rate is not None:
             self._down_bucket.take(s.lengths[index], now=self._now)
         self._send(p.id, ChunkRequest(s.rid, index))
+
+    def _pipeline_down(self, p: _Peer, size: int) -> None:
+        """A requested chunk of ``size`` bytes arrived from ``p``: re-size its pipeline."""
+        if p.down_rate is None:
+            return
+        rate = p.down_rate.add(size, self._now)
+        if rate is not None:
+            c = self.config
+            extra = extra_depth(rate, size, c.pipeline_time, c.max_pipeline)
+            self._extra_total += extra - p.extra
+            p.extra = extra
+
+    def _pipeline_up(self, p: _Peer, size: int) -> None:
+        """A chunk of ``size`` bytes went out to ``p``: re-size what we allow it."""
+        if p.up_rate is None:
+            return
+        rate = p.up_rate.add(size, self._now)
+        if not p.uploading:
+            p.up_rate.stop(self._now)
+        if rate is not None:
+            c = self.config
+            p.up_extra = extra_depth(rate, size, c.pipeline_time, c.max_pipeline)
 
     # == uploads ================================================================================
 
@@ -1330,6 +1390,8 @@ class MeshNode:
             if s is None or not s.have >> index & 1:
                 self._send(p.id, Reject(RejectCode.NOT_HAVE, rid, index))
                 continue
+            if not p.uploading and p.up_rate is not None:
+                p.up_rate.start(self._now)
             p.uploading += 1
             self._uploading_total += 1
             self._up_bucket.take(s.lengths[index], now=self._now)
@@ -1378,6 +1440,9 @@ class MeshNode:
         if self.config.reveal_total > window * len(self._peers):
             ready = sum(1 for q in self._peers.values() if q.hello is not None)
             window = max(window, -(-self.config.reveal_total // max(ready, 1)))
+        # a fast peer: its extra requests, and as many again for the chunks it holds
+        # but has not told us about yet (store + have_interval + a round trip)
+        window += 2 * p.up_extra
         want = window - (revealed & ~theirs).bit_count()
         new: list[int] = []
         while want > 0:

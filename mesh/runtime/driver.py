@@ -51,6 +51,7 @@ class Transport(Protocol):
         self, peer: str, release_id: ReleaseId, index: int, chunk_id: ChunkId, length: int
     ) -> bool: ...
     def close(self, peer: str, reason: str = "") -> None: ...
+    def recycle(self, payload: object) -> None: ...
 
 
 class Driver:
@@ -233,6 +234,7 @@ class Driver:
                 self.store.put, act.chunk_id, act.payload, limiter=self._store_limiter
             )
         except IntegrityError:
+            self._recycle(act.payload)
             self.feed(E.ChunkStored(act.release_id, act.index, act.peer, False, "hash mismatch"))
             return
         except StoreFullError as e:
@@ -244,7 +246,14 @@ class Driver:
             self.store_error = str(e)
             log.error("cannot store chunk %d: %s", act.index, e)
             return
+        self._recycle(act.payload)
         self.feed(E.ChunkStored(act.release_id, act.index, act.peer, True))
+
+    def _recycle(self, payload: object) -> None:
+        """The store is done with a received payload: its buffer may be reused (only
+        after the store thread returned: it no longer reads the bytes)."""
+        if self.transport is not None:
+            self.transport.recycle(payload)
 
     async def _store_release(self, act: A.StoreRelease) -> None:
         try:

@@ -133,10 +133,11 @@ class NodeConfig:
     #: that moves more than a chunk per pipeline_time gets rate * pipeline_time /
     #: chunk size requests beyond per_peer_requests and max_requests, and a super-seed
     #: queues and reveals that many more for a peer it uploads to that fast
-    #: (mesh/core/pipeline.py).  At 100 Mbit/s with 1 MiB chunks that is none (0.48);
-    #: between two processes on loopback it is the cap, which keeps the stream busy
-    #: across each request's round trip.  0 turns it off.
-    pipeline_time: float = 0.04
+    #: (mesh/core/pipeline.py).  It must cover a request's round trip including the
+    #: sender's read and scheduling delays on a busy 2-core device (tens of ms).  At
+    #: 100 Mbit/s with 1 MiB chunks that is none (0.72 of a chunk); between two
+    #: processes on loopback it is the cap.  0 turns it off.
+    pipeline_time: float = 0.06
     #: ... and at most this many extra per peer.
     max_pipeline: int = 8
     #: Batch have-updates this long: fewer messages, slightly later availability.

@@ -12,8 +12,9 @@ processes on loopback move a 1 MiB chunk in about 4 ms) it is most of the time.
 A fixed deeper pipeline helps the fast link but floods a swarm of slow ones (more
 concurrent downloads split every downlink and delay each chunk), so the depth
 follows the measured rate: ``rate * pipeline_time / chunk_size`` extra requests.
-At 100 Mbit/s with 1 MiB chunks and the default 40 ms that is 0.48, i.e. none: the
-simulated LAN scenarios run exactly as without it.
+At 100 Mbit/s with 1 MiB chunks and the default 60 ms that is 0.72, i.e. none (and
+stays below 1 with the rate over-stated by up to 1/4, see below): the simulated LAN
+scenarios run exactly as without it.
 
 Rules:
 * The rate only counts *busy* time (from the first outstanding request or upload

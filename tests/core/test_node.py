@@ -524,26 +524,31 @@ def _fetch_time(net: Swarm) -> float:
     return net.clock
 
 
+def _seed_and_a(rate: float, pipeline_time: float) -> Swarm:
+    """A super-seed and a fresh node ``a``, both with ``pipeline_time``."""
+    net = seeded(rate=rate, seed_config=config(super_seed=True, pipeline_time=pipeline_time))
+    net.add("a", config(pipeline_time=pipeline_time), seed=1)
+    return net
+
+
 def test_a_fast_peer_gets_a_deeper_pipeline_a_slow_one_does_not() -> None:
     """Adaptive pipelining (mesh/core/pipeline.py): at 5 MB/s a 64 KiB chunk takes 13 ms,
-    so 40 ms of pipeline_time is 3 chunks: once that rate is measured the fetcher keeps
-    more than per_peer_requests + 1 requested from the seed, and the seed reveals and
-    queues enough for it; the release arrives sooner than with the fixed depth.  At
-    0.5 MB/s nothing changes (this harness carries concurrent frames side by side, so
-    two requests in flight move 1 MB/s: 0.6 of a chunk per 40 ms)."""
-    fast = seeded("a", rate=5e6)
+    so 30 ms of pipeline_time is 2 chunks (this ten-chunk release is too short for the
+    default's 60 ms window to matter): once that rate is measured the fetcher keeps more
+    than per_peer_requests + 1 requested from the seed, and the seed reveals and queues
+    enough for it; the release arrives sooner than with the fixed depth.  With the
+    default at 0.3 MB/s nothing changes (this harness carries concurrent frames side by
+    side, so two requests in flight move 0.6 MB/s: 0.55 of a chunk per 60 ms)."""
+    c = config()
+    fast = _seed_and_a(5e6, 0.03)
     t_fast = _fetch_time(fast)
-    c = fast.node("a").config
     assert fast.drivers["a"].peak["seed"] > c.per_peer_requests + 1
     assert not fast.sent("seed", Reject)  # the seed queued the extra requests: no BUSY
-    fixed = seeded("a", rate=5e6, seed_config=config(super_seed=True, pipeline_time=0.0))
-    fixed.drivers["a"].node = MeshNode(
-        config(pipeline_time=0.0), trust(), rng=random.Random(1), now=0.0, node_id="a"
-    )
+    fixed = _seed_and_a(5e6, 0.0)
     t_fixed = _fetch_time(fixed)
     assert fixed.drivers["a"].peak["seed"] <= c.per_peer_requests + 1
     assert t_fast < 0.9 * t_fixed  # virtual time: the link idles less
-    slow = seeded("a", rate=0.5e6)
+    slow = seeded("a", rate=0.3e6)
     _fetch_time(slow)
     assert slow.drivers["a"].peak["seed"] <= c.per_peer_requests + 1
     assert slow.node("a")._extra_total == 0

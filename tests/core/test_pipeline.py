@@ -66,6 +66,7 @@ def test_the_rate_follows_a_slower_link() -> None:
 
 def test_extra_depth() -> None:
     assert extra_depth(12.5e6, MIB, 0.04, 8) == 0  # 100 Mbit/s: 0.48 of a chunk
+    assert extra_depth(1.25 * 12.5e6, MIB, 0.06, 8) == 0  # the default, over-stated by 1/4
     assert extra_depth(100e6, MIB, 0.04, 8) == 3
     assert extra_depth(260e6, MIB, 0.04, 8) == 8  # capped
     assert extra_depth(260e6, MIB, 0.0, 8) == 0  # off

@@ -7,7 +7,11 @@ chunk data (the simulator models control frames the same way).
 
 Rules:
 * Streams are read continuously (yamux resets a stream whose reader stalls for 5 s);
-  decoded messages go to the driver at once.  Frames are decoded by the codec
+  decoded messages go to the driver at once.  The one exception: while more than
+  ``STORE_BACKLOG`` bytes of received chunks wait for the store (a disk slower than
+  the network), data streams are not read, for at most ``BACKLOG_PAUSE`` at a time:
+  the senders' yamux windows fill and they wait, instead of this node's memory
+  filling up.  Frames are decoded by the codec
   (``mesh.core.wire``); the one exception is the 8-byte prefix of data-stream frames,
   read by :class:`_ChunkReader` (ADR 0006), which still has the codec check the rest.
 * The data path is shaped around py-libp2p's framing (ADR 0006): chunk frames are
@@ -91,6 +95,15 @@ DATA_WRITE_SIZE = 65519 - 12
 CONTROL_QUEUE = 4096
 #: How long a dial (connect + stream negotiation) may take.
 DIAL_TIMEOUT = 10.0
+#: Received chunk bytes waiting for the store (the driver's count) above which data
+#: streams are not read: a disk slower than the network then slows the senders down
+#: (their yamux windows fill) instead of filling memory.  64 MiB: a few hundred ms of
+#: a fast link, far above what a disk that keeps up ever has waiting.
+STORE_BACKLOG = 64 << 20
+#: ... for at most this long at a time (yamux resets a stream not read for 5 s); then
+#: one more read goes through.
+BACKLOG_PAUSE = 2.0
+_BACKLOG_POLL = 0.01
 #: Free receive buffers kept for reuse (:class:`RecvBuffers`): about the chunks a node
 #: has arriving and being stored at once (its requests in flight, adaptive depth
 #: included, plus the store's threads), 16 MiB with 1 MiB chunks.  0: no reuse.
@@ -144,6 +157,7 @@ class ChunkTransport:
         read_chunk: Callable[[ChunkId], bytes],
         sent: Callable[[str, ReleaseId, int, str], None],
         max_frame: int | None = None,
+        backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         self.host = host
         self.me = host.get_id().to_string()
@@ -155,6 +169,7 @@ class ChunkTransport:
         self._read_chunk = read_chunk
         self._sent = sent
         self._max_frame = max_frame
+        self._backlog = backlog
         self._links: dict[str, _Link] = {}
         self._readers = trio.CapacityLimiter(8)
         self.buffers = RecvBuffers()
@@ -316,6 +331,8 @@ class ChunkTransport:
         """Read ``stream`` until it ends, hand each decoded message to the driver; bad
         input ends the session (``violation``, then ``close``)."""
         while True:
+            if data_stream and self._backlog() > STORE_BACKLOG:
+                await self._wait_for_store()
             try:
                 data = await stream.read(READ_SIZE)
             except Exception:  # noqa: BLE001 -- StreamEOF, StreamReset, connection errors
@@ -338,6 +355,13 @@ class ChunkTransport:
                 and _recv_window(stream) >= PAUSE_MIN_WINDOW
             ):
                 await trio.sleep(DATA_READ_PAUSE)
+
+    async def _wait_for_store(self) -> None:
+        """Hold a data stream's next read while the store is behind (see
+        ``STORE_BACKLOG``), at most ``BACKLOG_PAUSE``."""
+        with trio.move_on_after(BACKLOG_PAUSE):
+            while self._backlog() > STORE_BACKLOG:
+                await trio.sleep(_BACKLOG_POLL)
 
     async def _write_control(self, link: _Link) -> None:
         async for frame in link.control_recv:

@@ -75,6 +75,9 @@ class Driver:
         self._wake = trio.Event()
         self._deadline = math.inf
         self._store_limiter = trio.CapacityLimiter(STORE_THREADS)
+        #: bytes of received chunks handed to the store and not yet stored (the chunk
+        #: transport stops reading data streams while this is large)
+        self.store_backlog = 0
         self.addresses: dict[str, list[str]] = {}
         self.mdns_peers: set[str] = set()
         self._local_nets = [
@@ -229,6 +232,8 @@ class Driver:
             self.feed(E.PeerDisconnected(peer))
 
     async def _store_chunk(self, act: A.StoreChunk) -> None:
+        size = len(act.payload)
+        self.store_backlog += size
         try:
             await trio.to_thread.run_sync(
                 self.store.put, act.chunk_id, act.payload, limiter=self._store_limiter
@@ -246,6 +251,8 @@ class Driver:
             self.store_error = str(e)
             log.error("cannot store chunk %d: %s", act.index, e)
             return
+        finally:
+            self.store_backlog -= size
         self._recycle(act.payload)
         self.feed(E.ChunkStored(act.release_id, act.index, act.peer, True))
 

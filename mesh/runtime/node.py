@@ -155,6 +155,7 @@ async def open_node(
                 violation=driver.violation,
                 read_chunk=store.get,
                 sent=driver.sent,
+                backlog=lambda: driver.store_backlog,
             )
             nursery.start_soon(driver.run_timer)
             async with open_gossip(

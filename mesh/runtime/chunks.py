@@ -7,13 +7,13 @@ chunk data (the simulator models control frames the same way).
 
 Rules:
 * Streams are read continuously (yamux resets a stream whose reader stalls for 5 s);
-  decoded messages go to the driver at once.  The one exception: while more than
-  ``STORE_BACKLOG`` bytes of received chunks wait for the store (a disk slower than
-  the network), data streams are not read, for at most ``BACKLOG_PAUSE`` at a time:
-  the senders' yamux windows fill and they wait, instead of this node's memory
-  filling up.  Frames are decoded by the codec
+  decoded messages go to the driver at once.  Frames are decoded by the codec
   (``mesh.core.wire``); the one exception is the 8-byte prefix of data-stream frames,
   read by :class:`_ChunkReader` (ADR 0006), which still has the codec check the rest.
+* Backpressure: while more than ``STORE_BACKLOG`` bytes of received chunks wait for
+  the store (a disk slower than the network), data streams are not read, for at most
+  ``BACKLOG_PAUSE`` at a time: the senders' yamux windows fill and they wait, instead
+  of this node's memory filling up.
 * The data path is shaped around py-libp2p's framing (ADR 0006): chunk frames are
   written in pieces that make one Noise message per yamux frame, and a data stream
   is read in batches (a 2 ms pause after a short read, once its receive window has

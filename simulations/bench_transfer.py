@@ -29,7 +29,8 @@ Run (from the repository root)::
         [--rss-gib 1] [--work-dir DIR] [--profile DIR]
         [--per-peer-requests N] [--max-requests N] [--rare-requests N]
         [--reveal-per-peer N] [--upload-slots N] [--upload-queue-per-peer N]
-        [--upload-queue-total N] [--have-interval S] [--no-super-seed]
+        [--upload-queue-total N] [--pipeline-time S] [--max-pipeline N]
+        [--have-interval S] [--no-super-seed]
 
 Progress goes to stderr; the last stdout line is one JSON object with ``raw_mb_s``,
 ``chunk_mb_s``, ``ratio``, ``receiver_peak_rss_mb``, ``rounds``, ``load_avg_1m``,
@@ -103,6 +104,8 @@ _NODE_KNOBS: dict[str, type] = {
     "upload_slots": int,
     "upload_queue_per_peer": int,
     "upload_queue_total": int,
+    "pipeline_time": float,
+    "max_pipeline": int,
     "have_interval": float,
 }
 

@@ -209,7 +209,14 @@ async def _serve(
     """Run the node (and its API) until a signal or ``watch`` returns."""
     from mesh.runtime.api import serve_api
     from mesh.runtime.inference import InferenceService
-    from mesh.runtime.node import NodeSettings, activate, activate_verified, open_node
+    from mesh.runtime.node import (
+        NodeHandle,
+        NodeSettings,
+        activate,
+        activate_verified,
+        open_node,
+        wait_relayed,
+    )
 
     settings = NodeSettings(
         dd,
@@ -222,15 +229,26 @@ async def _serve(
         announcements=announcements or {},
     )
     service: InferenceService | None = None
+    node: NodeHandle | None = None
 
     async def on_complete(rid: ReleaseId, model: str, version: int) -> None:
         if service is not None and not seed:
+            if node is not None:
+                held = await wait_relayed(node.driver, rid)
+                if held >= 1.0:
+                    log.info(
+                        "%s v%d: activation held %.1f s while peers fetched it",
+                        model,
+                        version,
+                        held,
+                    )
             await activate(service, rid, model, version)
 
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_signal, scope)
             async with open_node(settings, on_complete=on_complete) as handle:
+                node = handle
                 service = InferenceService(dd, handle.driver.store)
                 if not seed:
                     await service.start()

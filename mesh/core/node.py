@@ -51,6 +51,7 @@ from typing import Any
 from mesh.core import actions as A
 from mesh.core import events as E
 from mesh.core.announce import Announcement
+from mesh.core.pipeline import BusyRate, extra_depth
 from mesh.core.ratelimit import TokenBucket
 from mesh.core.trust import SignedRelease, TrustStore
 from mesh.core.wire import (
@@ -130,6 +131,17 @@ class NodeConfig:
     #: other holders have free upload slots.
     upload_queue_per_peer: int = 4
     upload_queue_total: int = 0
+    #: Keep about this many seconds of a fast peer's measured rate in flight: a peer
+    #: that moves more than a chunk per pipeline_time gets rate * pipeline_time /
+    #: chunk size requests beyond per_peer_requests and max_requests, and a super-seed
+    #: queues and reveals that many more for a peer it uploads to that fast
+    #: (mesh/core/pipeline.py).  It must cover a request's round trip including the
+    #: sender's read and scheduling delays on a busy 2-core device (tens of ms).  At
+    #: 100 Mbit/s with 1 MiB chunks that is none (0.72 of a chunk); between two
+    #: processes on loopback it is the cap.  0 turns it off.
+    pipeline_time: float = 0.06
+    #: ... and at most this many extra per peer.
+    max_pipeline: int = 8
     #: Batch have-updates this long: fewer messages, slightly later availability.
     have_interval: float = 0.02
     #: Request timeout: max(min, factor x this peer's typical delivery time).
@@ -289,6 +301,13 @@ class _Peer:
     # it has asked us for a chunk, so it is fetching, not a (super-)seed: it need not
     # hear about chunks it already holds (see _flush_have_updates)
     fetcher: bool = False
+    # adaptive pipelining (mesh/core/pipeline.py): its delivery rate to us while our
+    # requests were outstanding, and ours to it while we uploaded; the extra requests
+    # we send it and the extra reveals/queued requests we allow it
+    down_rate: BusyRate | None = None
+    up_rate: BusyRate | None = None
+    extra: int = 0
+    up_extra: int = 0
 
     def has(self, rid: ReleaseId, index: int) -> bool:
         return bool(self.have.get(rid, 0) >> index & 1)
@@ -353,8 +372,6 @@ class MeshNode:
         # (busy_until, peer) for them: a heap, so the next backoff to end is found
         # without visiting every backing-off peer after every event
         self._backoff_heap: list[tuple[float, PeerId]] = []
-        self._backoff_epoch = 0  # bumped whenever a peer starts backing off
-        self._released = 0  # bumped whenever a chunk request ends (a request slot frees)
         # What the next scheduling pass must look at.  After a pass that took every
         # opportunity, only a change can make a new one: a peer gaining chunks we miss
         # or becoming free (those peers are listed here), or a chunk becoming
@@ -366,6 +383,7 @@ class MeshNode:
         # connected peers by slot number (None: free), for the swarms' holder masks
         self._slots: list[_Peer | None] = []
         self._free_slots: list[int] = []
+        self._extra_total = 0  # sum of the peers' extra (adaptive pipelining)
         self._stats = {
             "bytes_up": 0,
             "bytes_down": 0,
@@ -480,10 +498,9 @@ class MeshNode:
         return None if best == math.inf else best
 
     def _end_backoffs(self) -> None:
-        """Forget the backoffs that have ended; bump the epoch if any did, so the
-        scheduler looks at those peers again."""
+        """Forget the backoffs that have ended: the scheduler looks at those peers
+        again (first with a probe)."""
         heap = self._backoff_heap
-        ended = False
         while heap:
             t, pid = heap[0]
             q = self._peers.get(pid)
@@ -494,9 +511,6 @@ class MeshNode:
                 self._backoff_peers.discard(pid)
                 self._sched_peers[pid] = None
                 self._sched_probes[pid] = None
-                ended = True
-        if ended:
-            self._backoff_epoch += 1
 
     def _manifest_waits(self) -> list[_Peer]:
         if not (self._heads or self._hints):
@@ -648,7 +662,13 @@ class MeshNode:
             self._emit(A.Disconnect(ev.peer, "too many peers"))
             return
         p = self._peers[ev.peer] = _Peer(
-            ev.peer, ev.outbound, self._now, last_progress=self._now, local=ev.local
+            ev.peer,
+            ev.outbound,
+            self._now,
+            last_progress=self._now,
+            local=ev.local,
+            down_rate=BusyRate(self.config.pipeline_time),
+            up_rate=BusyRate(self.config.pipeline_time),
         )
         if self._free_slots:
             p.slot = self._free_slots.pop()
@@ -671,6 +691,7 @@ class MeshNode:
             heapq.heappush(self._backoff_heap, (-math.inf, peer))  # ended: see next_deadline
         self._uploading_total -= p.uploading
         self._queued -= len(p.queue)
+        self._extra_total -= p.extra
         for rid, bits in p.have.items():
             s = self._swarms.get(rid)
             if s is not None:
@@ -910,7 +931,7 @@ class MeshNode:
         # (without a rate limit the queue is empty while a slot is free)
         c = self.config
         up = self._uploading_total
-        if up >= c.upload_slots or c.upload_rate is not None:
+        if (up >= c.upload_slots or c.upload_rate is not None) and len(p.queue) >= p.up_extra:
             queued = (
                 0  # every slot busy and no queue: BUSY, whatever is queued
                 if up >= c.upload_slots and c.upload_queue_total <= 0
@@ -953,7 +974,6 @@ class MeshNode:
             p.busy_until = self._now + wait
             heapq.heappush(self._backoff_heap, (p.busy_until, p.id))
             self._backoff_peers.add(p.id)
-            self._backoff_epoch += 1
         if msg.code == RejectCode.NOT_HAVE and p.has(rid, index):
             # it advertised the chunk and now denies it: a lie (or it lost the chunk)
             p.have[rid] &= ~(1 << index)
@@ -979,6 +999,7 @@ class MeshNode:
             )
             self._requests_due = None  # its other requests' timeout moved
             p.rate_ewma = 0.7 * p.rate_ewma + 0.3 * (size / elapsed)
+            self._pipeline_down(p, size)
         bit = 1 << msg.index
         if (s.have | s.storing_mask) & bit:
             self._stats["wasted"] += size
@@ -1098,6 +1119,7 @@ class MeshNode:
             self._uploading_total -= 1
             size = s.lengths[ev.index] if s is not None and ev.index < s.n else 0
             p.bytes_to += size
+            self._pipeline_up(p, size)
         elif p is None:
             # peer dropped mid-transfer; its slot was already released in _drop_peer
             return
@@ -1111,6 +1133,8 @@ class MeshNode:
         if p is not None and p.uploading > 0:
             p.uploading -= 1
             self._uploading_total -= 1
+            if not p.uploading and p.up_rate is not None:
+                p.up_rate.stop(self._now)
             self._send(p.id, Reject(RejectCode.NOT_HAVE, ev.release_id, ev.index))
         s = self._swarms.get(ev.release_id)
         if s is not None and s.have >> ev.index & 1:
@@ -1206,6 +1230,8 @@ class MeshNode:
         p = self._peers.get(peer)
         if p is not None:
             p.inflight.pop((rid, index), None)
+            if not p.inflight and p.down_rate is not None:
+                p.down_rate.stop(self._now)
         if self._requests.pop((rid, index, peer), None) is not None:
             self._requests_due = None
             self._sched_peers[peer] = None  # a request slot and this peer are free again
@@ -1263,12 +1289,16 @@ class MeshNode:
         first (only one peer has them, e.g. a super-seed's reveals: even past
         ``max_requests``, waiting would leave that peer's uplink idle), then
         rarest-first from the least busy, fastest peers that have what we miss.
+        A fast peer's limit is ``per_peer_requests + p.extra`` (adaptive pipelining),
+        and the total's is ``max_requests`` plus the sum of those extras.
 
         Incremental: unless a full pass is due, only the peers listed in
         ``_sched_peers`` (gained chunks, became free) are looked at -- the last pass
         took every opportunity the others offered."""
         c = self.config
-        limit = c.max_requests + c.rare_requests
+        extra = self._extra_total
+        max_requests = c.max_requests + extra
+        limit = max_requests + c.rare_requests
         if len(self._requests) >= limit:
             return
         if self._backoff_heap and self._backoff_heap[0][0] <= self._now:
@@ -1316,7 +1346,7 @@ class MeshNode:
                 for p in peers:
                     bits = p.have.get(rid, 0) & rare
                     # one request more than usual, unless it said BUSY just now
-                    room = ppr + (p.id not in probes)
+                    room = ppr + p.extra + (p.id not in probes)
                     while bits and len(p.inflight) < room:
                         low = bits & -bits
                         bits ^= low
@@ -1325,10 +1355,10 @@ class MeshNode:
                             self._unasked(peers)
                             return
             total = len(self._requests)
-            peers = [p for p in peers if len(p.inflight) < ppr]
+            peers = [p for p in peers if len(p.inflight) < ppr + p.extra]
             if not peers:
                 continue
-            if total >= c.max_requests:
+            if total >= max_requests:
                 self._unasked(peers)
                 return
             if len(peers) > 1:
@@ -1340,7 +1370,7 @@ class MeshNode:
             while progress:
                 progress = False
                 for p in peers:
-                    if len(p.inflight) >= ppr:
+                    if len(p.inflight) >= ppr + p.extra:
                         continue
                     if c.download_rate is not None and not self._down_bucket.ready(now=now):
                         self._sched_full = True
@@ -1353,11 +1383,11 @@ class MeshNode:
                         continue
                     self._request(p, s, self._rarest(s, cand))
                     total += 1
-                    if total >= c.max_requests:
+                    if total >= max_requests:
                         self._unasked(peers)
                         return
                     progress = True
-                if ppr <= 1:
+                if ppr <= 1 and not extra:
                     break  # a second round finds nothing: each peer got one or had none
 
     def _unasked(self, peers: list[_Peer]) -> None:
@@ -1367,7 +1397,7 @@ class MeshNode:
             self._sched_full = True
         ppr = self.config.per_peer_requests
         for p in peers:
-            if len(p.inflight) <= ppr:  # a rare chunk may take one more
+            if len(p.inflight) <= ppr + p.extra:  # a rare chunk may take one more
                 self._sched_peers[p.id] = None
 
     def _requested_from(self, s: _Swarm, peer: PeerId) -> int:
@@ -1411,6 +1441,8 @@ class MeshNode:
         return best
 
     def _request(self, p: _Peer, s: _Swarm, index: int) -> None:
+        if not p.inflight and p.down_rate is not None:
+            p.down_rate.start(self._now)
         p.inflight[(s.rid, index)] = self._now
         self._requests[(s.rid, index, p.id)] = self._now
         due = self._requests_due
@@ -1423,6 +1455,30 @@ class MeshNode:
         if self.config.download_rate is not None:
             self._down_bucket.take(s.lengths[index], now=self._now)
         self._send(p.id, ChunkRequest(s.rid, index))
+
+    def _pipeline_down(self, p: _Peer, size: int) -> None:
+        """A requested chunk of ``size`` bytes arrived from ``p``: re-size its pipeline."""
+        if p.down_rate is None:
+            return
+        rate = p.down_rate.add(size, self._now)
+        if rate is not None:
+            c = self.config
+            extra = extra_depth(rate, size, c.pipeline_time, c.max_pipeline)
+            if extra > p.extra:
+                self._sched_peers[p.id] = None  # room for more requests to it
+            self._extra_total += extra - p.extra
+            p.extra = extra
+
+    def _pipeline_up(self, p: _Peer, size: int) -> None:
+        """A chunk of ``size`` bytes went out to ``p``: re-size what we allow it."""
+        if p.up_rate is None:
+            return
+        rate = p.up_rate.add(size, self._now)
+        if not p.uploading:
+            p.up_rate.stop(self._now)
+        if rate is not None:
+            c = self.config
+            p.up_extra = extra_depth(rate, size, c.pipeline_time, c.max_pipeline)
 
     # == uploads ================================================================================
 
@@ -1443,6 +1499,8 @@ class MeshNode:
             if s is None or not s.have >> index & 1:
                 self._send(p.id, Reject(RejectCode.NOT_HAVE, rid, index))
                 continue
+            if not p.uploading and p.up_rate is not None:
+                p.up_rate.start(self._now)
             p.uploading += 1
             self._uploading_total += 1
             self._up_bucket.take(s.lengths[index], now=self._now)
@@ -1495,6 +1553,9 @@ class MeshNode:
         if self.config.reveal_total > window * len(self._peers):
             ready = sum(1 for q in self._peers.values() if q.hello is not None)
             window = max(window, -(-self.config.reveal_total // max(ready, 1)))
+        # a fast peer: its extra requests, and as many again for the chunks it holds
+        # but has not told us about yet (store + have_interval + a round trip)
+        window += 2 * p.up_extra
         want = window - (revealed & ~theirs).bit_count()
         new: list[int] = []
         while want > 0:

@@ -10,6 +10,10 @@ Rules:
   decoded messages go to the driver at once.  Frames are decoded by the codec
   (``mesh.core.wire``); the one exception is the 8-byte prefix of data-stream frames,
   read by :class:`_ChunkReader` (ADR 0006), which still has the codec check the rest.
+* Backpressure: while more than ``STORE_BACKLOG`` bytes of received chunks wait for
+  the store (a disk slower than the network), data streams are not read, for at most
+  ``BACKLOG_PAUSE`` at a time: the senders' yamux windows fill and they wait, instead
+  of this node's memory filling up.
 * The data path is shaped around py-libp2p's framing (ADR 0006): chunk frames are
   written in pieces that make one Noise message per yamux frame, and a data stream
   is read in batches (a 2 ms pause after a short read, once its receive window has
@@ -24,8 +28,12 @@ Rules:
 * Bulk bytes are copied as little as possible (on a 2-core device the transfer is
   CPU-bound): a data stream is decoded by :class:`_ChunkReader`, which checks each
   frame's prefix and header with the codec's rules and copies the payload once, into
-  a buffer of its announced size, handed on as it is (the store verifies and writes any
-  bytes-like payload).  Control streams use the codec's ``FrameDecoder``.
+  a page-aligned buffer of its announced size (:class:`RecvBuffers`), handed on as it
+  is (the store verifies and writes any bytes-like payload; page-aligned memory it
+  writes with ``O_DIRECT``).  The driver gives each payload back (:meth:`ChunkTransport.
+  recycle`) once the store is done with it, so buffers are reused instead of being
+  allocated, zeroed and faulted in for every chunk.  Control streams use the codec's
+  ``FrameDecoder``.
 * Undecodable input ends the session: ``violation`` then ``disconnected``.
 
 Non-goals: deciding anything (whom to dial, what to send: the core), discovery,
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +95,19 @@ DATA_WRITE_SIZE = 65519 - 12
 CONTROL_QUEUE = 4096
 #: How long a dial (connect + stream negotiation) may take.
 DIAL_TIMEOUT = 10.0
+#: Received chunk bytes waiting for the store (the driver's count) above which data
+#: streams are not read: a disk slower than the network then slows the senders down
+#: (their yamux windows fill) instead of filling memory.  64 MiB: a few hundred ms of
+#: a fast link, far above what a disk that keeps up ever has waiting.
+STORE_BACKLOG = 64 << 20
+#: ... for at most this long at a time (yamux resets a stream not read for 5 s); then
+#: one more read goes through.
+BACKLOG_PAUSE = 2.0
+_BACKLOG_POLL = 0.01
+#: Free receive buffers kept for reuse (:class:`RecvBuffers`): about the chunks a node
+#: has arriving and being stored at once (its requests in flight, adaptive depth
+#: included, plus the store's threads), 16 MiB with 1 MiB chunks.  0: no reuse.
+RECV_BUFFERS = 16
 
 #: A frame's fixed prefix: u32 length, u8 version, u8 type, u16 chunk-header length.
 _PREFIX = struct.Struct(">IBBH")
@@ -135,6 +157,7 @@ class ChunkTransport:
         read_chunk: Callable[[ChunkId], bytes],
         sent: Callable[[str, ReleaseId, int, str], None],
         max_frame: int | None = None,
+        backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         self.host = host
         self.me = host.get_id().to_string()
@@ -146,8 +169,10 @@ class ChunkTransport:
         self._read_chunk = read_chunk
         self._sent = sent
         self._max_frame = max_frame
+        self._backlog = backlog
         self._links: dict[str, _Link] = {}
         self._readers = trio.CapacityLimiter(8)
+        self.buffers = RecvBuffers()
         host.set_stream_handler(PROTOCOL_ID, self._on_control_stream)
         host.set_stream_handler(DATA_PROTOCOL_ID, self._on_data_stream)
 
@@ -200,6 +225,10 @@ class ChunkTransport:
         link.data_send.send_nowait(item)
         self._nursery.start_soon(self._prefetch, item)
         return True
+
+    def recycle(self, payload: object) -> None:
+        """A chunk payload this transport delivered is no longer used: reuse its buffer."""
+        self.buffers.give(payload)
 
     def close(self, peer: str, reason: str = "") -> None:
         link = self._links.pop(peer, None)
@@ -270,7 +299,9 @@ class ChunkTransport:
         """A data stream: CHUNK_DATA frames only, each payload copied once into a buffer
         of its exact size (no growing decode buffer to append to, slice out of and
         shift), then handed to the driver."""
-        reader = _ChunkReader(MAX_FRAME if self._max_frame is None else self._max_frame)
+        reader = _ChunkReader(
+            MAX_FRAME if self._max_frame is None else self._max_frame, self.buffers
+        )
         await self._pump(peer, stream, reader.feed, data_stream=True)
 
     async def _read_control(self, peer: str, stream: Any) -> None:
@@ -300,6 +331,8 @@ class ChunkTransport:
         """Read ``stream`` until it ends, hand each decoded message to the driver; bad
         input ends the session (``violation``, then ``close``)."""
         while True:
+            if data_stream and self._backlog() > STORE_BACKLOG:
+                await self._wait_for_store()
             try:
                 data = await stream.read(READ_SIZE)
             except Exception:  # noqa: BLE001 -- StreamEOF, StreamReset, connection errors
@@ -322,6 +355,13 @@ class ChunkTransport:
                 and _recv_window(stream) >= PAUSE_MIN_WINDOW
             ):
                 await trio.sleep(DATA_READ_PAUSE)
+
+    async def _wait_for_store(self) -> None:
+        """Hold a data stream's next read while the store is behind (see
+        ``STORE_BACKLOG``), at most ``BACKLOG_PAUSE``."""
+        with trio.move_on_after(BACKLOG_PAUSE):
+            while self._backlog() > STORE_BACKLOG:
+                await trio.sleep(_BACKLOG_POLL)
 
     async def _write_control(self, link: _Link) -> None:
         async for frame in link.control_recv:
@@ -434,6 +474,45 @@ class ChunkTransport:
         self._sent(link.peer, item.release_id, item.index, "")
 
 
+class RecvBuffers:
+    """Page-aligned receive buffers (anonymous ``mmap`` s), reused.
+
+    A fresh buffer per chunk costs the receiving thread a 1 MiB zero-fill and a page
+    fault per 4 KiB; a buffer that came back through :meth:`give` is already mapped.
+    Page alignment also lets the store write the chunk with ``O_DIRECT`` (no copy
+    into the page cache; ``FsStore._write_atomic``).  A payload that never comes back
+    (a wasted duplicate, a dropped link) is simply freed by the garbage collector, so
+    only buffers nobody references are ever reused.  Trio thread only."""
+
+    def __init__(self, keep: int = RECV_BUFFERS) -> None:
+        self.keep = keep
+        self._free: dict[int, list[mmap.mmap]] = {}
+        self._count = 0
+        self.reused = 0  # statistics for tests and benchmarks
+
+    def take(self, size: int) -> memoryview:
+        cap = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        free = self._free.get(cap)
+        if free:
+            buf = free.pop()
+            self._count -= 1
+            self.reused += 1
+        else:
+            buf = mmap.mmap(-1, cap)
+        return memoryview(buf)[:size]
+
+    def give(self, payload: object) -> None:
+        """Take back a payload of :meth:`take` that nobody uses any more (other
+        payloads are ignored).  The view is released: using it afterwards raises."""
+        if not isinstance(payload, memoryview) or not isinstance(payload.obj, mmap.mmap):
+            return
+        buf = payload.obj
+        payload.release()
+        if self._count < self.keep:
+            self._free.setdefault(len(buf), []).append(buf)
+            self._count += 1
+
+
 class _ChunkReader:
     """Incremental decoder of a data stream (CHUNK_DATA frames only).
 
@@ -443,12 +522,12 @@ class _ChunkReader:
     allocated, version, type, header shape); the payload then goes straight into a
     buffer of its announced size.  Any error is final (the caller drops the link)."""
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int, buffers: RecvBuffers | None = None) -> None:
         self._max = max_frame
+        self._buffers = buffers
         self._head = bytearray()
         self._need = _PREFIX.size  # bytes of prefix + header still to collect
         self._msg: ChunkData | None = None
-        self._buf: bytearray | None = None
         self._view: memoryview | None = None
         self._pos = 0
 
@@ -503,19 +582,19 @@ class _ChunkReader:
         if size == 0:
             return msg
         self._msg = msg
-        self._buf = bytearray(size)
-        self._view = memoryview(self._buf)
+        if self._buffers is not None:
+            self._view = self._buffers.take(size)
+        else:
+            self._view = memoryview(bytearray(size))
         self._pos = 0
         return None
 
     def _finish(self) -> ChunkData:
         assert self._msg is not None
-        assert self._buf is not None
         assert self._view is not None
-        self._view.release()
         # the store hashes and writes any bytes-like payload; the core only takes len()
-        msg = ChunkData(self._msg.release_id, self._msg.index, cast(bytes, self._buf))
-        self._msg = self._buf = self._view = None
+        msg = ChunkData(self._msg.release_id, self._msg.index, cast(bytes, self._view))
+        self._msg = self._view = None
         return msg
 
 

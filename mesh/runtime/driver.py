@@ -51,6 +51,7 @@ class Transport(Protocol):
         self, peer: str, release_id: ReleaseId, index: int, chunk_id: ChunkId, length: int
     ) -> bool: ...
     def close(self, peer: str, reason: str = "") -> None: ...
+    def recycle(self, payload: object) -> None: ...
 
 
 class Driver:
@@ -74,6 +75,9 @@ class Driver:
         self._wake = trio.Event()
         self._deadline = math.inf
         self._store_limiter = trio.CapacityLimiter(STORE_THREADS)
+        #: bytes of received chunks handed to the store and not yet stored (the chunk
+        #: transport stops reading data streams while this is large)
+        self.store_backlog = 0
         self.addresses: dict[str, list[str]] = {}
         self.mdns_peers: set[str] = set()
         self._local_nets = [
@@ -228,11 +232,14 @@ class Driver:
             self.feed(E.PeerDisconnected(peer))
 
     async def _store_chunk(self, act: A.StoreChunk) -> None:
+        size = len(act.payload)
+        self.store_backlog += size
         try:
             await trio.to_thread.run_sync(
                 self.store.put, act.chunk_id, act.payload, limiter=self._store_limiter
             )
         except IntegrityError:
+            self._recycle(act.payload)
             self.feed(E.ChunkStored(act.release_id, act.index, act.peer, False, "hash mismatch"))
             return
         except StoreFullError as e:
@@ -244,7 +251,16 @@ class Driver:
             self.store_error = str(e)
             log.error("cannot store chunk %d: %s", act.index, e)
             return
+        finally:
+            self.store_backlog -= size
+        self._recycle(act.payload)
         self.feed(E.ChunkStored(act.release_id, act.index, act.peer, True))
+
+    def _recycle(self, payload: object) -> None:
+        """The store is done with a received payload: its buffer may be reused (only
+        after the store thread returned: it no longer reads the bytes)."""
+        if self.transport is not None:
+            self.transport.recycle(payload)
 
     async def _store_release(self, act: A.StoreRelease) -> None:
         try:

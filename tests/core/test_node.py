@@ -13,7 +13,8 @@ While it runs, the driver checks what each node shows the world: every chunk it
 advertises (Have, HaveUpdate) or serves (SendChunk) was present at start or confirmed
 by a ``ChunkStored(ok=True)``, and the chunk requests it has in flight -- tracked from
 the messages on the wire -- stay within ``per_peer_requests + 1`` per peer and
-``max_requests + rare_requests`` in total.
+``max_requests + rare_requests`` in total, each plus what adaptive pipelining grants
+at that moment (the peer's ``extra``; the sum of them).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class Driver:
     actions: list[A.Action] = field(default_factory=list)
     inbox: list[tuple[str, Message]] = field(default_factory=list)
     inflight: dict[str, set[Key]] = field(default_factory=dict)  # chunk requests, by peer
+    peak: dict[str, int] = field(default_factory=dict)  # most chunk requests in flight, by peer
 
 
 class Swarm:
@@ -371,9 +373,15 @@ class Swarm:
             assert (msg.release_id, msg.index) not in d.known, "requests a chunk it has"
             reqs.add((msg.release_id, msg.index))
             c = d.node.config
-            assert len(reqs) <= c.per_peer_requests + 1, f"{d.name}: {len(reqs)} requests to {peer}"
+            d.peak[peer] = max(d.peak.get(peer, 0), len(reqs))
+            q = d.node._peers.get(peer)  # adaptive pipelining: what it grants right now
+            extra = 0 if q is None else q.extra
+            assert len(reqs) <= c.per_peer_requests + 1 + extra, (
+                f"{d.name}: {len(reqs)} requests to {peer}"
+            )
             total = sum(len(r) for r in d.inflight.values())
-            assert total <= c.max_requests + c.rare_requests, f"{d.name}: {total} requests"
+            limit = c.max_requests + c.rare_requests + d.node._extra_total
+            assert total <= limit, f"{d.name}: {total} requests"
         elif isinstance(msg, Cancel):
             d.inflight.get(peer, set()).discard((msg.release_id, msg.index))
 
@@ -505,6 +513,45 @@ def test_fresh_node_fetches_every_chunk_from_a_seed() -> None:
     assert net.node("a").penalty("seed") == 0.0
     assert net.node("seed").penalty("a") == 0.0
     assert net.node("a").heads() == (Head(V1.manifest.model, 1, RID),)
+
+
+def _fetch_time(net: Swarm) -> float:
+    net.connect("a", "seed")
+    net.run(120.0, stop=net.all_complete("a"))
+    assert net.complete("a")
+    assert set(net.drivers["a"].store) == set(V1.chunks)
+    assert net.node("seed").statistics().chunks_uploaded == N_CHUNKS
+    return net.clock
+
+
+def _seed_and_a(rate: float, pipeline_time: float) -> Swarm:
+    """A super-seed and a fresh node ``a``, both with ``pipeline_time``."""
+    net = seeded(rate=rate, seed_config=config(super_seed=True, pipeline_time=pipeline_time))
+    net.add("a", config(pipeline_time=pipeline_time), seed=1)
+    return net
+
+
+def test_a_fast_peer_gets_a_deeper_pipeline_a_slow_one_does_not() -> None:
+    """Adaptive pipelining (mesh/core/pipeline.py): at 5 MB/s a 64 KiB chunk takes 13 ms,
+    so 30 ms of pipeline_time is 2 chunks (this ten-chunk release is too short for the
+    default's 60 ms window to matter): once that rate is measured the fetcher keeps more
+    than per_peer_requests + 1 requested from the seed, and the seed reveals and queues
+    enough for it; the release arrives sooner than with the fixed depth.  With the
+    default at 0.3 MB/s nothing changes (this harness carries concurrent frames side by
+    side, so two requests in flight move 0.6 MB/s: 0.55 of a chunk per 60 ms)."""
+    c = config()
+    fast = _seed_and_a(5e6, 0.03)
+    t_fast = _fetch_time(fast)
+    assert fast.drivers["a"].peak["seed"] > c.per_peer_requests + 1
+    assert not fast.sent("seed", Reject)  # the seed queued the extra requests: no BUSY
+    fixed = _seed_and_a(5e6, 0.0)
+    t_fixed = _fetch_time(fixed)
+    assert fixed.drivers["a"].peak["seed"] <= c.per_peer_requests + 1
+    assert t_fast < 0.9 * t_fixed  # virtual time: the link idles less
+    slow = seeded("a", rate=0.3e6)
+    _fetch_time(slow)
+    assert slow.drivers["a"].peak["seed"] <= c.per_peer_requests + 1
+    assert slow.node("a")._extra_total == 0
 
 
 def test_late_joiner_fetches_from_a_node_that_completed() -> None:

@@ -3,6 +3,7 @@ same frames and same refusals as the core's ``FrameDecoder``, in any split."""
 
 from __future__ import annotations
 
+import mmap
 import random
 import struct
 
@@ -11,7 +12,7 @@ import pytest
 from mesh.core.wire import MAX_FRAME, ChunkData, ChunkRequest, encode
 from mesh.errors import RemoteProtocolError
 from mesh.ids import ReleaseId
-from mesh.runtime.chunks import _ChunkReader
+from mesh.runtime.chunks import RecvBuffers, _ChunkReader
 
 RID = ReleaseId(bytes(range(32)))
 
@@ -63,3 +64,38 @@ def test_wrong_version_and_bad_header_are_refused() -> None:
     bad = struct.pack(">IBBH", 4 + 3 + 5, 1, 7, 3) + b"\xc1\xc1\xc1" + b"12345"
     with pytest.raises(RemoteProtocolError):
         _ChunkReader(MAX_FRAME).feed(bad)
+
+
+# -- pooled, page-aligned receive buffers (RecvBuffers) ---------------------------------
+
+
+def test_payloads_are_page_aligned_and_buffers_given_back_are_reused() -> None:
+    rng = random.Random(7)
+    pool = RecvBuffers(keep=2)
+    reader = _ChunkReader(MAX_FRAME, pool)
+    sent = [ChunkData(RID, i, rng.randbytes(n)) for i, n in enumerate([1 << 20, 5000, 1 << 20])]
+    got = reader.feed(b"".join(encode(m) for m in sent))
+    assert [bytes(m.payload) for m in got] == [m.payload for m in sent]
+    first: object = got[0].payload  # typed bytes; a memoryview in fact
+    assert isinstance(first, memoryview)
+    assert isinstance(first.obj, mmap.mmap)  # what the store writes with O_DIRECT
+    pool.give(first)
+    with pytest.raises(ValueError, match="released"):  # given back: stale use fails loudly
+        bytes(first)
+    again = reader.feed(encode(ChunkData(RID, 9, b"\x01" * (1 << 20))))
+    assert pool.reused == 1
+    assert bytes(again[0].payload) == b"\x01" * (1 << 20)
+    # the other 1 MiB payload still holds its own bytes: only given-back buffers are reused
+    assert bytes(got[2].payload) == sent[2].payload
+
+
+def test_the_pool_keeps_at_most_keep_buffers_and_ignores_foreign_payloads() -> None:
+    pool = RecvBuffers(keep=1)
+    views = [pool.take(4096) for _ in range(3)]
+    for v in views:
+        pool.give(v)
+    pool.give(b"not ours")
+    pool.give(memoryview(bytearray(4096)))
+    pool.take(4096)
+    pool.take(4096)
+    assert pool.reused == 1

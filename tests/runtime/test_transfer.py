@@ -67,10 +67,12 @@ async def test_seed_to_joiner_over_loopback(tmp_path: Path) -> None:
             async with open_node(join, on_complete=complete) as hj:
                 await done.wait()
                 st = hj.status()
+                backlog = hj.driver.store_backlog
     rel = st["models"]["m"]["releases"][0]
     assert rel["chunks_verified"] == rel["chunks_total"] == 6
     assert st["corrupt_chunks"] == 0
     assert _chunk_files(join_dir) == _chunk_files(seed_dir)
+    assert backlog == 0  # every chunk handed to the store was accounted back
 
 
 def _chunk_files(d: DataDir) -> dict[str, bytes]:

@@ -226,10 +226,10 @@ def test_upload_rate_limit_is_respected_and_never_spins() -> None:
 
 def _missed_opportunities(node: MeshNode) -> list[str]:
     """Requests the scheduler could send but did not: a free peer (hello done, not
-    backing off, below per_peer_requests) holding a chunk we miss that nobody is
-    asked for, while we are below max_requests (outside the endgame)."""
+    backing off, below its request limit) holding a chunk we miss that nobody is
+    asked for, while we are below the total limit (outside the endgame)."""
     c = node.config
-    if len(node._requests) >= c.max_requests or c.download_rate is not None:
+    if len(node._requests) >= c.max_requests + node._extra_total or c.download_rate is not None:
         return []
     missed = []
     for s in node._swarms.values():
@@ -240,7 +240,7 @@ def _missed_opportunities(node: MeshNode) -> list[str]:
             if (
                 p.hello is not None
                 and p.busy_until <= node._now
-                and len(p.inflight) < c.per_peer_requests
+                and len(p.inflight) < c.per_peer_requests + p.extra
                 and p.have.get(s.rid, 0) & fresh
             ):
                 missed.append(f"{node._now:.3f}: {p.id} has chunks we miss and is free")

@@ -485,3 +485,36 @@ def test_other_write_errors_are_store_errors(
         store.add(b"data")
     assert not isinstance(info.value, StoreFullError)
     assert list((root / "tmp").iterdir()) == []
+
+
+def test_received_page_aligned_chunks_are_verified_and_written_direct(
+    store: FsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk streams hand the store mmap-backed views (mesh.runtime.chunks.RecvBuffers):
+    they are hashed once, written with O_DIRECT where the file system allows it (else
+    through the page cache), and a corrupt one is refused without leaving a file."""
+    import mmap
+
+    opened: list[int] = []
+    real_open = os.open
+
+    def spy_open(path: Any, flags: int, *args: Any) -> int:
+        opened.append(flags)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", spy_open)  # the os module fs.py uses
+    data = pattern(1 << 20, 3)
+    buf = mmap.mmap(-1, len(data))
+    buf[:] = data
+    view = memoryview(buf)[: len(data)]
+    assert store.put(ChunkId.of(data), view) is True
+    assert store.get(ChunkId.of(data)) == data
+    if fs_module._O_DIRECT:
+        assert any(f & fs_module._O_DIRECT for f in opened)
+    bad = bytearray(data)
+    bad[7] ^= 1
+    buf[:] = bytes(bad)
+    with pytest.raises(IntegrityError):
+        store.put(ChunkId.of(pattern(1 << 20, 4)), view)
+    assert not list((root / "tmp").iterdir())
+    assert not store.has(ChunkId.of(pattern(1 << 20, 4)))

@@ -29,6 +29,8 @@ Non-goals: HTTP (:mod:`mesh.runtime.api`), fetching, choosing what to offer.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -41,6 +43,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+import outcome
 import trio
 
 from mesh.core.manifest import Manifest, ModelInterface
@@ -391,6 +394,10 @@ class InferenceService:
     def models(self) -> list[str]:
         return sorted(self._serving)
 
+    def serves(self, model: str) -> bool:
+        """Whether ``model`` has an active version here."""
+        return model in self._serving
+
     async def infer(
         self,
         model: str,
@@ -410,9 +417,7 @@ class InferenceService:
             if served.runs_inline(inputs):
                 result = served.run(names, inputs)
             else:
-                result = await trio.to_thread.run_sync(
-                    served.run, names, inputs, limiter=self._limiter
-                )
+                result = await in_worker_thread(self._limiter, served.run, names, inputs)
         except Exception as e:  # noqa: BLE001 -- onnxruntime raises many types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             if served.health.record(False):
@@ -459,6 +464,37 @@ class InferenceService:
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {m: r.status() for m, r in sorted(self._rollouts.items())}
+
+
+async def in_worker_thread(limiter: trio.CapacityLimiter, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in one of trio's cached worker threads, like
+    ``trio.to_thread.run_sync(fn, *args, limiter=limiter)`` but with less work per call
+    on the serving path: no thread renaming (two ``prctl`` calls through ctypes per
+    call), no context copy, no ``from_thread`` plumbing, no scheduler pass when the
+    limiter has room.  Not cancellable once started (an inference cannot be abandoned
+    half-way), like ``to_thread`` without ``abandon_on_cancel``."""
+    borrower = object()
+    try:
+        limiter.acquire_on_behalf_of_nowait(borrower)
+    except trio.WouldBlock:
+        await limiter.acquire_on_behalf_of(borrower)
+    try:
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[T]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the loop is gone: nobody waits
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        trio.lowlevel.start_thread_soon(functools.partial(fn, *args), deliver)
+        value: T = await trio.lowlevel.wait_task_rescheduled(_not_abortable)
+        return value
+    finally:
+        limiter.release_on_behalf_of(borrower)
+
+
+def _not_abortable(_: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
 
 
 def _niced(fn: Callable[..., T], *args: Any) -> T:

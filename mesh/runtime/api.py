@@ -117,12 +117,12 @@ class Api:
                         )
                     complete = conn.their_state is h11.DONE  # the whole request was read
                     keep = complete and request is not None and _keep_alive(conn, fields)
-                    if request is not None and request.method == b"HEAD":
-                        payload = b""  # HEAD: the headers a GET would get, no body
+                    # HEAD: the headers a GET would get, no body
+                    body_too = request is None or request.method != b"HEAD"
                     self.metrics.http_requests += 1
-                    self.metrics.bytes_out += len(payload)
+                    self.metrics.bytes_out += len(payload) if body_too else 0
                     # one write per response: head and body in a single send
-                    await stream.send_all(_response(status, headers, payload, keep))
+                    await stream.send_all(_response(status, headers, payload, keep, body_too))
                     if not complete:
                         await _drain(stream)
                         return
@@ -186,7 +186,7 @@ class Api:
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         method = request.method.decode()
         path = request.target.decode("latin-1").split("?", 1)[0]
-        get = method == "GET"
+        get = method in ("GET", "HEAD")
         if path == "/v2/health/live" and get:
             return _json(200, {"live": True})
         if path == "/v2/health/ready" and get:
@@ -320,16 +320,18 @@ def _keep_alive(conn: h11.Connection, fields: list[tuple[bytes, bytes]]) -> bool
 _REASON = {s.value: s.phrase for s in HTTPStatus}
 
 
-def _response(status: int, headers: list[tuple[str, str]], payload: bytes, keep: bool) -> bytes:
+def _response(
+    status: int, headers: list[tuple[str, str]], payload: bytes, keep: bool, body: bool = True
+) -> bytes:
     """The bytes of a response: status line, our headers (constant names, values we
-    made: never a client's text), framing, body."""
+    made: never a client's text), framing, and the body unless ``body`` is false."""
     head = [f"HTTP/1.1 {status} {_REASON.get(status, '')}\r\n"]
     head += [f"{k}: {v}\r\n" for k, v in headers]
     head.append(f"content-length: {len(payload)}\r\n")
     if not keep:
         head.append("connection: close\r\n")
     head.append("\r\n")
-    return b"".join(["".join(head).encode("latin-1"), payload])
+    return b"".join(["".join(head).encode("latin-1"), payload if body else b""])
 
 
 def _json(status: int, obj: Any) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import math
 import os
 import threading
@@ -63,6 +64,7 @@ from mesh.runtime.onnx import new_session
 from mesh.store.fs import FsStore
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 #: Runs after the smoke inference before a version goes live: the first runs of a
 #: session allocate arenas and pick kernels; three is enough for a CPU session.
 WARMUP_RUNS = 3
@@ -426,8 +428,13 @@ class InferenceService:
         served.health.record(True)
         if not served.sampled:
             served.sampled = True
-            self._samples[model] = dict(inputs)
-            await trio.to_thread.run_sync(self._save_sample, model, dict(inputs))
+            sample = dict(inputs)
+            self._samples[model] = sample
+            # saved off the request path: this request (the first on a new version,
+            # right after a swap) does not wait for a thread hop and a file write
+            trio.lowlevel.start_thread_soon(
+                functools.partial(self._save_sample, model, sample), _log_failure
+            )
         return served, dict(zip(names, result, strict=True))
 
     async def _unhealthy(self, served: Served) -> None:
@@ -443,7 +450,7 @@ class InferenceService:
 
     def _save_sample(self, model: str, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
         path = self._samples_file(model)
-        tmp = path.with_name(f".{model}.{os.getpid()}.tmp.npz")
+        tmp = path.with_name(f".{model}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(tmp, allow_pickle=False, **arrays)
@@ -491,6 +498,11 @@ async def in_worker_thread(limiter: trio.CapacityLimiter, fn: Callable[..., T], 
         return value
     finally:
         limiter.release_on_behalf_of(borrower)
+
+
+def _log_failure(result: outcome.Outcome[Any]) -> None:
+    if isinstance(result, outcome.Error):
+        log.error("background work failed", exc_info=result.error)
 
 
 def _not_abortable(_: Any) -> trio.lowlevel.Abort:

@@ -11,7 +11,9 @@ Non-goals: connection pools, TLS, redirects, chunked request or response bodies.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,18 +60,20 @@ def parse_api(url: str) -> tuple[str, int]:
 class V2Client:
     """One keep-alive connection; use ``async with V2Client(host, port) as c``.
 
-    HTTP/1.1 is written and read here directly rather than through h11: the client
-    only ever sends its own well-formed requests (no user-controlled framing) and
-    needs only ``Content-Length`` responses, which is all the node's API sends.  On
-    the inference path every line of Python runs with cold CPU caches (a 50 MB
-    model's weights stream through them on every run), and h11's per-event
-    validation was a third of the client's cost per request
+    HTTP/1.1 is written and read here directly rather than through h11, on a plain
+    non-blocking socket rather than a trio stream: the client only ever sends its own
+    well-formed requests (no user-controlled framing) and needs only
+    ``Content-Length`` responses, which is all the node's API sends.  On the
+    inference path every line of Python runs with cold CPU caches (a 50 MB model's
+    weights stream through them on every run); h11's per-event validation and trio's
+    stream layer (a scheduler pass after every send, an exception for every read
+    that has to wait) were most of the client's cost per request
     (``simulations/bench_inference.py``).
     """
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
-        self._stream: trio.SocketStream | None = None
+        self._stream: _Socket | None = None
         self._host_line = f"host: {host}:{port}\r\n"
 
     async def __aenter__(self) -> V2Client:
@@ -80,8 +84,9 @@ class V2Client:
 
     async def aclose(self) -> None:
         if self._stream is not None:
-            await self._stream.aclose()
+            self._stream.close()
             self._stream = None
+        await trio.lowlevel.checkpoint()
 
     async def request(
         self,
@@ -99,7 +104,7 @@ class V2Client:
         data = "".join(head).encode("latin-1")
         if self._stream is None:
             try:
-                self._stream = await trio.open_tcp_stream(self.host, self.port)
+                self._stream = await _Socket.connect(self.host, self.port)
             except OSError as e:
                 raise ApiError(
                     f"cannot reach the edgemesh API at {self.host}:{self.port}: {e.strerror}"
@@ -110,9 +115,9 @@ class V2Client:
             if len(body) >= _JOIN_MAX:
                 await stream.send_all(body)
             status, hdrs, payload, keep = await _read_response(stream, method == "HEAD")
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        except OSError as e:
             await self.aclose()
-            raise ApiError(f"the API connection failed: {e}") from None
+            raise ApiError(f"the API connection failed: {e.strerror or e}") from None
         except ApiError:
             await self.aclose()
             raise
@@ -137,8 +142,62 @@ class V2Client:
         return decode_infer(reply.headers, reply.body)
 
 
+class _Socket:
+    """A connected non-blocking TCP socket, read and written through trio's I/O waits."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> _Socket:
+        error: OSError | None = None
+        for family, kind, proto, _, addr in await trio.socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:
+                    sock.connect(addr)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock.fileno())
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code:
+                        raise OSError(code, os.strerror(code)) from None
+                return cls(sock)
+            except OSError as e:
+                sock.close()
+                error = e
+            except BaseException:
+                sock.close()
+                raise
+        raise error or OSError(0, f"no address for {host}")
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.fd)
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(self.fd)
+            try:
+                return self.sock.recv(max_bytes)
+            except BlockingIOError:  # a spurious wake-up
+                continue
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self.fd)
+        self.sock.close()
+
+
 async def _read_response(
-    stream: trio.SocketStream, head_only: bool
+    stream: _Socket, head_only: bool
 ) -> tuple[int, dict[str, str], bytes, bool]:
     """(status, lower-case headers, body, connection reusable) of the next response."""
     buf = b""

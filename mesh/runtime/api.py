@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ from mesh.runtime.inference import (
     BadInputError,
     InferenceFailedError,
     InferenceService,
+    Served,
     UnknownModelError,
 )
 from mesh.runtime.metrics import Metrics, render
@@ -103,26 +106,32 @@ class Api:
                         if size > MAX_HEADER_BYTES:
                             raise HttpError(431, f"request headers over {MAX_HEADER_BYTES} bytes")
                         body = await self._body(conn, stream, fields)
-                        status, headers, payload = await self._dispatch(request, fields, body)
+                        out = _Out(stream.socket.fileno(), _keep_alive(conn, fields))
+                        answer = await self._dispatch(request, fields, body, out)
                     except HttpError as e:
-                        status, headers, payload = _error(e.status, str(e))
+                        answer = _error(e.status, str(e))
                     except h11.RemoteProtocolError as e:
-                        status, headers, payload = _error(e.error_status_hint, f"bad request: {e}")
+                        answer = _error(e.error_status_hint, f"bad request: {e}")
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         raise
                     except Exception as e:  # a bug: answer 500, keep the node and the API up
                         log.exception("API request failed")
-                        status, headers, payload = _error(
-                            500, f"internal error: {type(e).__name__}"
-                        )
+                        answer = _error(500, f"internal error: {type(e).__name__}")
                     complete = conn.their_state is h11.DONE  # the whole request was read
-                    keep = complete and request is not None and _keep_alive(conn, fields)
-                    # HEAD: the headers a GET would get, no body
-                    body_too = request is None or request.method != b"HEAD"
+                    if isinstance(answer, _Sent):  # written (or begun) by the thread that ran it
+                        keep, data, sent, size = answer.keep, answer.data, answer.sent, answer.size
+                    else:
+                        keep = complete and request is not None and _keep_alive(conn, fields)
+                        status, headers, payload = answer
+                        # HEAD: the headers a GET would get, no body
+                        body_too = request is None or request.method != b"HEAD"
+                        # one write per response: head and body in a single send
+                        data = _response(status, headers, payload, keep, body_too)
+                        sent, size = 0, len(payload) if body_too else 0
                     self.metrics.http_requests += 1
-                    self.metrics.bytes_out += len(payload) if body_too else 0
-                    # one write per response: head and body in a single send
-                    await stream.send_all(_response(status, headers, payload, keep, body_too))
+                    self.metrics.bytes_out += size
+                    if sent < len(data):
+                        await stream.send_all(memoryview(data)[sent:])
                     if not complete:
                         await _drain(stream)
                         return
@@ -182,8 +191,8 @@ class Api:
     # -- routing ------------------------------------------------------------------------
 
     async def _dispatch(
-        self, request: h11.Request, fields: list[tuple[bytes, bytes]], body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        self, request: h11.Request, fields: list[tuple[bytes, bytes]], body: bytes, out: _Out
+    ) -> Answer:
         method = request.method.decode()
         path = request.target.decode("latin-1").split("?", 1)[0]
         get = method in ("GET", "HEAD")
@@ -228,7 +237,7 @@ class Api:
         if tail == "/infer":
             if method != "POST":
                 raise HttpError(405, f"use POST for {path}")
-            return await self._infer(fields, name, version, body)
+            return await self._infer(fields, name, version, body, out)
         if not get:
             raise HttpError(405, f"use GET for {path}")
         try:
@@ -257,8 +266,13 @@ class Api:
     # -- infer ---------------------------------------------------------------------------
 
     async def _infer(
-        self, fields: list[tuple[bytes, bytes]], name: str, version: int | None, body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        self,
+        fields: list[tuple[bytes, bytes]],
+        name: str,
+        version: int | None,
+        body: bytes,
+        out: _Out,
+    ) -> Answer:
         start = time.perf_counter()
         label = name if self.service.serves(name) else ""
         try:
@@ -267,8 +281,20 @@ class Api:
             )
             req, binary = split_body(body, header_len)
             inputs, out_names, out_binary, req_id = parse_infer_request(req, binary)
-            served, outputs = await self.service.infer(
-                name, inputs, version=version, outputs=out_names
+
+            def reply(served: Served, outputs: dict[str, Any]) -> _Sent | HttpError:
+                # in the thread that ran the model, right after the run
+                try:
+                    status, headers, payload = encode_infer_response(
+                        served.model, served.version, outputs, out_binary, req_id
+                    )
+                except HttpError as e:
+                    return e
+                data = _response(status, headers, payload, out.keep)
+                return _Sent(data, _send_now(out.fd, data), len(payload), out.keep)
+
+            _, _, sent = await self.service.infer_then(
+                name, inputs, reply, version=version, outputs=out_names
             )
         except UnknownModelError as e:
             self.metrics.observe(label, time.perf_counter() - start, "not_found")
@@ -279,11 +305,10 @@ class Api:
         except InferenceFailedError as e:
             self.metrics.observe(label, time.perf_counter() - start, "failed")
             raise HttpError(500, str(e)) from None
-        response, headers, payload = encode_infer_response(
-            served.model, served.version, outputs, out_binary, req_id
-        )
+        if isinstance(sent, HttpError):  # the outputs cannot be sent (a type the API lacks)
+            raise sent
         self.metrics.observe(name, time.perf_counter() - start, None)
-        return response, headers, payload
+        return sent
 
     # -- status and metrics -------------------------------------------------------------
 
@@ -301,6 +326,37 @@ async def _drain(stream: trio.SocketStream) -> None:
         await stream.send_eof()
         while await stream.receive_some(_RECV):
             pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """An infer response that the thread which ran the model wrote (``sent`` bytes of
+    ``data``; the event loop sends the rest)."""
+
+    data: bytes
+    sent: int
+    size: int  # of the body, for the metrics
+    keep: bool
+
+
+Answer = tuple[int, list[tuple[str, str]], bytes] | _Sent
+
+
+@dataclass(frozen=True, slots=True)
+class _Out:
+    """Where and how an infer response goes: the connection's socket, keep-alive."""
+
+    fd: int
+    keep: bool
+
+
+def _send_now(fd: int, data: bytes) -> int:
+    """Write as much of ``data`` as the socket takes now, without waiting (from any
+    thread); the event loop sends the rest, and finds a broken connection itself."""
+    try:
+        return os.write(fd, data)
+    except OSError:
+        return 0
 
 
 def _server_conn() -> h11.Connection:

@@ -414,17 +414,38 @@ class InferenceService:
         outputs: list[str] | None = None,
     ) -> tuple[Served, dict[str, np.ndarray[Any, Any]]]:
         """Run one request on the active version; the result says which version ran it."""
+        served, out, _ = await self.infer_then(
+            model, inputs, _nothing, version=version, outputs=outputs
+        )
+        return served, out
+
+    async def infer_then(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray[Any, Any]],
+        then: Callable[[Served, dict[str, np.ndarray[Any, Any]]], T],
+        *,
+        version: int | None = None,
+        outputs: list[str] | None = None,
+    ) -> tuple[Served, dict[str, np.ndarray[Any, Any]], T]:
+        """:meth:`infer`, and ``then(served, outputs)`` called right after a successful
+        run in the thread that ran it (a worker thread, or the event loop for a fast
+        model), so that the API can encode and send the response before the event loop
+        is woken up: one thread wake-up fewer on every request's path.  ``then`` must be
+        thread-safe and should not raise (what it raises is raised here, after the run
+        was counted as a success)."""
         served = self.serving(model, version)
         check_inputs(served.interface, inputs)
         names = served.output_names if outputs is None else outputs
         for n in names:
             if n not in served.output_names:
                 raise BadInputError(f"unknown output {n!r} (outputs: {served.output_names})")
+        job = functools.partial(_run_then, served, names, inputs, then)
         try:
             if served.runs_inline(inputs):
-                result = served.run(names, inputs)
+                out, after = job()
             else:
-                result = await in_worker_thread(self._limiter, served.run, names, inputs)
+                out, after = await in_worker_thread(self._limiter, job)
         except Exception as e:  # noqa: BLE001 -- onnxruntime raises many types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             if served.health.record(False):
@@ -440,7 +461,7 @@ class InferenceService:
             trio.lowlevel.start_thread_soon(
                 functools.partial(self._save_sample, model, sample), _log_failure
             )
-        return served, dict(zip(names, result, strict=True))
+        return served, out, after.unwrap()
 
     async def _unhealthy(self, served: Served) -> None:
         reason = f"health: {served.health.limit} consecutive inference errors on v{served.version}"
@@ -503,6 +524,22 @@ async def in_worker_thread(limiter: trio.CapacityLimiter, fn: Callable[..., T], 
         return value
     finally:
         limiter.release_on_behalf_of(borrower)
+
+
+def _run_then(
+    served: Served,
+    names: list[str],
+    inputs: Mapping[str, np.ndarray[Any, Any]],
+    then: Callable[[Served, dict[str, np.ndarray[Any, Any]]], T],
+) -> tuple[dict[str, np.ndarray[Any, Any]], outcome.Outcome[T]]:
+    """The run (its errors propagate: inference failures), then ``then`` (its outcome
+    is returned, not raised: whatever it does wrong is not the model's failure)."""
+    out = dict(zip(names, served.run(names, inputs), strict=True))
+    return out, outcome.capture(then, served, out)
+
+
+def _nothing(served: Served, outputs: dict[str, np.ndarray[Any, Any]]) -> None:
+    return None
 
 
 def _log_failure(result: outcome.Outcome[Any]) -> None:

@@ -375,7 +375,7 @@ async def test_a_bug_in_a_handler_is_a_500_and_the_api_lives_on(
 
     async with running.client() as c:
         with monkeypatch.context() as m:
-            m.setattr(running.service, "infer", broken)
+            m.setattr(running.service, "infer_then", broken)
             reply = await post_json(c, "/v2/models/m/infer", infer_doc())
         assert reply.status == 500
         assert reply.json() == {"error": "internal error: RuntimeError"}
@@ -461,3 +461,18 @@ async def test_client_reads_interim_and_close_delimited_responses(nursery: trio.
                 reply_ = await c.request("GET", "/")
             assert (reply_.status, reply_.body) == (200, b"all of it")
             assert c._stream is None
+
+
+async def test_a_response_bigger_than_the_socket_buffer_arrives_whole(
+    node: Node, running: Running
+) -> None:
+    # the thread that ran the model writes what the socket takes at once; the event
+    # loop sends the rest
+    await activate(node, running, 2)
+    x = np.arange(4 * 500_000, dtype=np.float32).reshape(500_000, 4)  # 8 MB
+    async with running.client() as c:
+        for binary, rows in ((True, 500_000), (False, 100_000)):
+            version, out = await c.infer("m", {"x": x[:rows]}, binary=binary)
+            assert version == 2
+            np.testing.assert_array_equal(out["y"], x[:rows] * 2)
+        assert (await c.infer("m", {"x": X}))[0] == 2  # the connection is still in step

@@ -9,7 +9,8 @@ persisted active versions (``DATA_DIR/active.json``, via :mod:`mesh.runtime.acti
 Rules:
 * Decisions are the core's: this module performs a step and reports its outcome.
 * Slow work (disk, hashing, session builds, inference) runs in worker threads
-  (``trio.to_thread``); the event loop only moves references.  The swap is one
+  (``trio.to_thread``; runs through :func:`in_worker_thread`); the event loop only
+  moves references.  The swap is one
   assignment in the event loop, so a request uses the session it started on until it
   finishes, and every request sees exactly one version.
 * Activation work runs in its own fresh thread (``BACKGROUND_NICE`` can lower its CPU

@@ -19,6 +19,7 @@ import trio
 from onnx import TensorProto
 
 from mesh.core.rollout import RolloutError
+from mesh.runtime import inference
 from mesh.runtime.activefile import pinned_releases, rollback_persisted
 from mesh.runtime.inference import (
     BadInputError,
@@ -425,3 +426,19 @@ async def test_the_first_request_is_saved_as_the_sample_off_the_request_path(nod
     with np.load(sample) as z:
         np.testing.assert_array_equal(z["x"], X["x"])
     assert not list(sample.parent.glob(".*tmp*"))
+
+
+def test_activation_threads_get_the_background_nice_and_leave_the_caller_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    monkeypatch.setattr(inference, "BACKGROUND_NICE", 3)
+    assert inference._niced(nice) == min(19, before + 3)
+    monkeypatch.setattr(inference, "BACKGROUND_NICE", 0)
+    assert inference._niced(nice) == before
+    assert nice() == before  # per thread: the caller's priority is untouched
+    with pytest.raises(ZeroDivisionError):
+        inference._niced(lambda: 1 // 0)

@@ -19,9 +19,13 @@ Non-goals: TLS, authentication, gRPC, the BYTES (string) tensor type.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -33,6 +37,7 @@ from mesh.runtime.inference import (
     BadInputError,
     InferenceFailedError,
     InferenceService,
+    Served,
     UnknownModelError,
 )
 from mesh.runtime.metrics import Metrics, render
@@ -76,50 +81,68 @@ class Api:
     # -- connections --------------------------------------------------------------------
 
     async def connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        """Serve one client connection: h11 parses the requests; responses are written
+        here (a fixed, small set of our own headers: writing them directly saves h11's
+        per-header validation, which on the inference path runs with CPU caches cold
+        after every run of a big model), and a fresh h11 connection, fed the bytes
+        already received, takes each next request."""
+        conn = _server_conn()
+        idle = trio.CancelScope()  # one per connection: the deadline moves, no scope per request
         try:
-            while True:
-                try:
-                    with trio.move_on_after(KEEPALIVE_IDLE) as idle:
-                        request = await self._next(conn, stream)
-                    if idle.cancelled_caught or request is None:
+            with idle:
+                while True:
+                    request: h11.Request | None = None
+                    fields: list[tuple[bytes, bytes]] = []
+                    try:
+                        idle.deadline = trio.current_time() + KEEPALIVE_IDLE
+                        event = await self._next(conn, stream)
+                        idle.deadline = math.inf
+                        if event is None or idle.cancel_called:
+                            return
+                        assert isinstance(event, h11.Request)
+                        request = event
+                        fields = list(request.headers)  # h11's Headers iterate in Python
+                        size = len(request.target) + sum(len(k) + len(v) for k, v in fields)
+                        if size > MAX_HEADER_BYTES:
+                            raise HttpError(431, f"request headers over {MAX_HEADER_BYTES} bytes")
+                        body = await self._body(conn, stream, fields)
+                        out = _Out(stream.socket.fileno(), _keep_alive(conn, fields))
+                        answer = await self._dispatch(request, fields, body, out)
+                    except HttpError as e:
+                        answer = _error(e.status, str(e))
+                    except h11.RemoteProtocolError as e:
+                        answer = _error(e.error_status_hint, f"bad request: {e}")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        raise
+                    except Exception as e:  # a bug: answer 500, keep the node and the API up
+                        log.exception("API request failed")
+                        answer = _error(500, f"internal error: {type(e).__name__}")
+                    complete = conn.their_state is h11.DONE  # the whole request was read
+                    if isinstance(answer, _Sent):  # written (or begun) by the thread that ran it
+                        keep, data, sent, size = answer.keep, answer.data, answer.sent, answer.size
+                    else:
+                        keep = complete and request is not None and _keep_alive(conn, fields)
+                        status, headers, payload = answer
+                        # HEAD: the headers a GET would get, no body
+                        body_too = request is None or request.method != b"HEAD"
+                        # one write per response: head and body in a single send
+                        data = _response(status, headers, payload, keep, body_too)
+                        sent, size = 0, len(payload) if body_too else 0
+                    self.metrics.http_requests += 1
+                    self.metrics.bytes_out += size
+                    if sent < len(data):
+                        await stream.send_all(memoryview(data)[sent:])
+                    if not complete:
+                        await _drain(stream)
                         return
-                    assert isinstance(request, h11.Request)
-                    size = len(request.target) + sum(len(k) + len(v) for k, v in request.headers)
-                    if size > MAX_HEADER_BYTES:
-                        raise HttpError(431, f"request headers over {MAX_HEADER_BYTES} bytes")
-                    body = await self._body(conn, stream, request)
-                    status, headers, payload = await self._dispatch(request, body)
-                except HttpError as e:
-                    status, headers, payload = _error(e.status, str(e))
-                except h11.RemoteProtocolError as e:
-                    status, headers, payload = _error(e.error_status_hint, f"bad request: {e}")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    raise
-                except Exception as e:  # a bug: answer 500, keep the node and the API up
-                    log.exception("API request failed")
-                    status, headers, payload = _error(500, f"internal error: {type(e).__name__}")
-                if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-                    return
-                self.metrics.http_requests += 1
-                self.metrics.bytes_out += len(payload)
-                headers = [*headers, ("content-length", str(len(payload)))]
-                if status >= 400 and conn.their_state is not h11.DONE:
-                    headers.append(("connection", "close"))  # body not read: cannot reuse
-                # one write per response: head, body and end in a single send
-                await stream.send_all(
-                    b"".join(
-                        [
-                            conn.send(h11.Response(status_code=status, headers=headers)) or b"",
-                            conn.send(h11.Data(data=payload)) or b"",
-                            conn.send(h11.EndOfMessage()) or b"",
-                        ]
-                    )
-                )
-                if conn.their_state is not h11.DONE:
-                    await _drain(stream)
-                    return
-                conn.start_next_cycle()
+                    if not keep:
+                        return
+                    data, closed = conn.trailing_data  # a pipelined next request, if any
+                    conn = _server_conn()
+                    if data:
+                        conn.receive_data(data)
+                    if closed:  # (an empty receive_data means end of input)
+                        conn.receive_data(b"")
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             return
         finally:
@@ -139,9 +162,9 @@ class Api:
             return event
 
     async def _body(
-        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request
+        self, conn: h11.Connection, stream: trio.SocketStream, fields: list[tuple[bytes, bytes]]
     ) -> bytes:
-        length = next((v for k, v in request.headers if k == b"content-length"), None)
+        length = next((v for k, v in fields if k == b"content-length"), None)
         if length is not None and int(length) > self.max_body:
             raise HttpError(
                 413,
@@ -168,11 +191,11 @@ class Api:
     # -- routing ------------------------------------------------------------------------
 
     async def _dispatch(
-        self, request: h11.Request, body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        self, request: h11.Request, fields: list[tuple[bytes, bytes]], body: bytes, out: _Out
+    ) -> Answer:
         method = request.method.decode()
         path = request.target.decode("latin-1").split("?", 1)[0]
-        get = method == "GET"
+        get = method in ("GET", "HEAD")
         if path == "/v2/health/live" and get:
             return _json(200, {"live": True})
         if path == "/v2/health/ready" and get:
@@ -214,7 +237,7 @@ class Api:
         if tail == "/infer":
             if method != "POST":
                 raise HttpError(405, f"use POST for {path}")
-            return await self._infer(request, name, version, body)
+            return await self._infer(fields, name, version, body, out)
         if not get:
             raise HttpError(405, f"use GET for {path}")
         try:
@@ -243,18 +266,35 @@ class Api:
     # -- infer ---------------------------------------------------------------------------
 
     async def _infer(
-        self, request: h11.Request, name: str, version: int | None, body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        self,
+        fields: list[tuple[bytes, bytes]],
+        name: str,
+        version: int | None,
+        body: bytes,
+        out: _Out,
+    ) -> Answer:
         start = time.perf_counter()
-        label = name if name in self.service.models() else ""
+        label = name if self.service.serves(name) else ""
         try:
             header_len = next(
-                (v for k, v in request.headers if k == b"inference-header-content-length"), None
+                (v for k, v in fields if k == b"inference-header-content-length"), None
             )
             req, binary = split_body(body, header_len)
             inputs, out_names, out_binary, req_id = parse_infer_request(req, binary)
-            served, outputs = await self.service.infer(
-                name, inputs, version=version, outputs=out_names
+
+            def reply(served: Served, outputs: dict[str, Any]) -> _Sent | HttpError:
+                # in the thread that ran the model, right after the run
+                try:
+                    status, headers, payload = encode_infer_response(
+                        served.model, served.version, outputs, out_binary, req_id
+                    )
+                except HttpError as e:
+                    return e
+                data = _response(status, headers, payload, out.keep)
+                return _Sent(data, _send_now(out.fd, data), len(payload), out.keep)
+
+            _, _, sent = await self.service.infer_then(
+                name, inputs, reply, version=version, outputs=out_names
             )
         except UnknownModelError as e:
             self.metrics.observe(label, time.perf_counter() - start, "not_found")
@@ -265,11 +305,10 @@ class Api:
         except InferenceFailedError as e:
             self.metrics.observe(label, time.perf_counter() - start, "failed")
             raise HttpError(500, str(e)) from None
-        response, headers, payload = encode_infer_response(
-            served.model, served.version, outputs, out_binary, req_id
-        )
+        if isinstance(sent, HttpError):  # the outputs cannot be sent (a type the API lacks)
+            raise sent
         self.metrics.observe(name, time.perf_counter() - start, None)
-        return response, headers, payload
+        return sent
 
     # -- status and metrics -------------------------------------------------------------
 
@@ -287,6 +326,68 @@ async def _drain(stream: trio.SocketStream) -> None:
         await stream.send_eof()
         while await stream.receive_some(_RECV):
             pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """An infer response that the thread which ran the model wrote (``sent`` bytes of
+    ``data``; the event loop sends the rest)."""
+
+    data: bytes
+    sent: int
+    size: int  # of the body, for the metrics
+    keep: bool
+
+
+Answer = tuple[int, list[tuple[str, str]], bytes] | _Sent
+
+
+@dataclass(frozen=True, slots=True)
+class _Out:
+    """Where and how an infer response goes: the connection's socket, keep-alive."""
+
+    fd: int
+    keep: bool
+
+
+def _send_now(fd: int, data: bytes) -> int:
+    """Write as much of ``data`` as the socket takes now, without waiting (from any
+    thread); the event loop sends the rest, and finds a broken connection itself."""
+    try:
+        return os.write(fd, data)
+    except OSError:
+        return 0
+
+
+def _server_conn() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+
+
+def _keep_alive(conn: h11.Connection, fields: list[tuple[bytes, bytes]]) -> bool:
+    """h11's rule: HTTP/1.1 and no ``Connection: close`` from the client."""
+    if conn.their_http_version is None or conn.their_http_version < b"1.1":
+        return False
+    return not any(
+        k == b"connection" and b"close" in v.lower().replace(b" ", b"").split(b",")
+        for k, v in fields
+    )
+
+
+_REASON = {s.value: s.phrase for s in HTTPStatus}
+
+
+def _response(
+    status: int, headers: list[tuple[str, str]], payload: bytes, keep: bool, body: bool = True
+) -> bytes:
+    """The bytes of a response: status line, our headers (constant names, values we
+    made: never a client's text), framing, and the body unless ``body`` is false."""
+    head = [f"HTTP/1.1 {status} {_REASON.get(status, '')}\r\n"]
+    head += [f"{k}: {v}\r\n" for k, v in headers]
+    head.append(f"content-length: {len(payload)}\r\n")
+    if not keep:
+        head.append("connection: close\r\n")
+    head.append("\r\n")
+    return b"".join(["".join(head).encode("latin-1"), payload if body else b""])
 
 
 def _json(status: int, obj: Any) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from mesh.core.manifest import TensorSpec
 from mesh.errors import ConfigError
@@ -61,6 +62,64 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=_default)
 
 
+_FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+
+
+def loads(text: bytes, tensors: str) -> Any:
+    """``orjson.loads(text)``, except that the ``data`` numbers of the float tensors
+    in the ``tensors`` list (``inputs`` of a request, ``outputs`` of a response) come
+    back as a float64 numpy array, read by simdjson straight from the text: no Python
+    float per value (ADR 0004: ~80 instead of ~180 us for 3620 values).  Anything
+    simdjson declines, orjson decides, with its errors."""
+    try:
+        return _loads_fast(text, tensors)
+    except (ValueError, RuntimeError, TypeError, UnicodeDecodeError):
+        return orjson.loads(text)
+
+
+def _loads_fast(text: bytes, tensors: str) -> Any:
+    doc = simdjson.Parser().parse(text)  # a parser per document: nothing kept, no sharing
+    if not isinstance(doc, simdjson.Object):
+        raise ValueError("not an object")
+    out: dict[str, Any] = {}
+    for key in doc.keys():  # noqa: SIM118 -- items() unboxes every value (slow)
+        value = doc[key]
+        if key == tensors and isinstance(value, simdjson.Array):
+            out[key] = [_tensor(t) for t in value]
+        else:
+            out[key] = _plain(value)
+    return out
+
+
+def _tensor(t: Any) -> Any:
+    if not isinstance(t, simdjson.Object):
+        return _plain(t)
+    item = {key: t[key] if key == "data" else _plain(t[key]) for key in t.keys()}  # noqa: SIM118
+    data = item.get("data")
+    if isinstance(data, simdjson.Array):
+        item["data"] = _numbers(data) if item.get("datatype") in _FLOAT_TYPES else None
+        if item["data"] is None:
+            item["data"] = data.as_list()
+    return item
+
+
+def _numbers(data: simdjson.Array) -> np.ndarray[Any, Any] | None:
+    """The numbers of a flat JSON list as float64, None if it is anything else."""
+    try:
+        flat = np.frombuffer(data.as_buffer(of_type="d"), np.float64)
+    except (TypeError, ValueError):  # not all numbers
+        return None
+    return flat if len(flat) == len(data) else None  # nested lists: the list decides
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
 def tensor_metadata(t: TensorSpec) -> dict[str, Any]:
     shape = [] if t.shape is None else [d if type(d) is int else -1 for d in t.shape]
     dtype = DATATYPE_OF.get(np.dtype(t.elem_type)) if t.elem_type in _NP_OK else None
@@ -84,7 +143,7 @@ def split_body(body: bytes, header_len: bytes | None) -> tuple[Any, bytes]:
             )
         json_part, binary = body[:n], body[n:]
     try:
-        return orjson.loads(json_part), binary
+        return loads(json_part, "inputs"), binary
     except orjson.JSONDecodeError as e:
         raise HttpError(400, f"malformed JSON request: {e}") from None
 
@@ -243,7 +302,7 @@ def decode_infer(
     """(model version, outputs) of a successful infer response (lower-case headers)."""
     n = headers.get("inference-header-content-length")
     head, binary = (body, b"") if n is None else (body[: int(n)], body[int(n) :])
-    doc = orjson.loads(head)
+    doc = loads(head, "outputs")
     out: dict[str, np.ndarray[Any, Any]] = {}
     offset = 0
     for o in doc["outputs"]:

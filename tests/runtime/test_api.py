@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -16,6 +16,9 @@ from mesh.runtime.inference import InferenceService
 from mesh.runtime.v2client import ApiError, Reply, V2Client, encode_infer
 from tests.runtime import models
 from tests.runtime.conftest import Node, Running
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -372,9 +375,104 @@ async def test_a_bug_in_a_handler_is_a_500_and_the_api_lives_on(
 
     async with running.client() as c:
         with monkeypatch.context() as m:
-            m.setattr(running.service, "infer", broken)
+            m.setattr(running.service, "infer_then", broken)
             reply = await post_json(c, "/v2/models/m/infer", infer_doc())
         assert reply.status == 500
         assert reply.json() == {"error": "internal error: RuntimeError"}
         assert "API request failed" in caplog.text
         assert (await c.infer("m", {"x": X}))[0] == 1
+
+
+async def _raw_exchange(running: Running, data: bytes) -> bytes:
+    stream = await trio.open_tcp_stream(running.host, running.port)
+    async with stream:
+        await stream.send_all(data)
+        out = b""
+        with trio.fail_after(30):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+    return out
+
+
+async def test_pipelined_requests_head_and_connection_close(running: Running) -> None:
+    live = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n"
+    head = b"HEAD /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n"
+    last = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    out = await _raw_exchange(running, live + head + last)  # ends: the server closes
+    responses = out.split(b"HTTP/1.1 ")[1:]
+    assert len(responses) == 3
+    assert all(r.startswith(b"200 OK\r\n") for r in responses)
+    assert responses[0].endswith(b'\r\n\r\n{"live":true}')
+    assert b"content-length: 13\r\n" in responses[1]  # what a GET would get ...
+    assert responses[1].endswith(b"\r\n\r\n")  # ... without the body
+    assert b"connection: close\r\n" in responses[2]
+
+
+async def test_http_1_0_client_gets_its_answer_and_the_connection_closed(
+    running: Running,
+) -> None:
+    out = await _raw_exchange(running, b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"connection: close\r\n" in out
+    assert out.endswith(b'{"live":true}')
+
+
+async def _one_reply_server(
+    reply: bytes, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    async def handle(stream: trio.SocketStream) -> None:  # one answer, then close
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(65536)
+            await stream.send_all(reply)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", "chunked"),
+        (b"SPDY/3 200 OK\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "malformed header line"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nab", "more than one response"),
+    ],
+)
+async def test_client_refuses_responses_it_cannot_read(
+    nursery: trio.Nursery, reply: bytes, message: str
+) -> None:
+    port = await nursery.start(_one_reply_server, reply)
+    async with V2Client("127.0.0.1", port) as c:
+        with pytest.raises(ApiError, match=message):
+            await c.request("GET", "/")
+        assert c._stream is None  # a connection in an unknown state is not reused
+
+
+async def test_client_reads_interim_and_close_delimited_responses(nursery: trio.Nursery) -> None:
+    reply = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it"
+    port = await nursery.start(_one_reply_server, reply)
+    async with V2Client("127.0.0.1", port) as c:
+        for _ in range(2):  # the second request opens a new connection
+            with trio.fail_after(30):
+                reply_ = await c.request("GET", "/")
+            assert (reply_.status, reply_.body) == (200, b"all of it")
+            assert c._stream is None
+
+
+async def test_a_response_bigger_than_the_socket_buffer_arrives_whole(
+    node: Node, running: Running
+) -> None:
+    # the thread that ran the model writes what the socket takes at once; the event
+    # loop sends the rest
+    await activate(node, running, 2)
+    x = np.arange(4 * 500_000, dtype=np.float32).reshape(500_000, 4)  # 8 MB
+    async with running.client() as c:
+        for binary, rows in ((True, 500_000), (False, 100_000)):
+            version, out = await c.infer("m", {"x": x[:rows]}, binary=binary)
+            assert version == 2
+            np.testing.assert_array_equal(out["y"], x[:rows] * 2)
+        assert (await c.infer("m", {"x": X}))[0] == 2  # the connection is still in step

@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.runtime.oip import HttpError, parse_infer_request, split_body
+from mesh.runtime.oip import HttpError, loads, parse_infer_request, split_body
 from tests.helpers import FAST
 
 json_values: st.SearchStrategy[Any] = st.recursive(
@@ -91,3 +92,42 @@ def test_hostile_inputs_are_400(item: dict[str, Any]) -> None:
     with pytest.raises(HttpError) as e:
         parse_infer_request({"inputs": [item]}, b"")
     assert e.value.status == 400
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lists(v) for v in value]
+    return value
+
+
+@FAST
+@given(json_values, st.sampled_from(["inputs", "outputs"]))
+def test_fast_loads_is_orjson_with_float_tensors_as_arrays(doc: Any, key: str) -> None:
+    text = json.dumps(doc).encode()
+    try:
+        want = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        with pytest.raises(orjson.JSONDecodeError):
+            loads(text, key)
+        return
+    assert _lists(loads(text, key)) == want
+
+
+def test_fast_loads_reads_float_tensor_data_into_arrays() -> None:
+    items = [
+        {"name": "a", "datatype": "FP32", "data": [1, 2.5, -3e-5]},
+        {"name": "b", "datatype": "INT64", "data": [1, 2]},  # ints: the list, as before
+        {"name": "c", "datatype": "FP16", "data": [[1, 2], [3, 4]]},  # nested: the list
+        {"name": "d", "datatype": "FP64", "data": [1, True]},  # not all numbers: the list
+    ]
+    got = loads(json.dumps({"inputs": items, "id": "r"}).encode(), "inputs")
+    assert got["id"] == "r"
+    a, b, c, d = (t["data"] for t in got["inputs"])
+    assert isinstance(a, np.ndarray)
+    assert a.dtype == np.float64
+    assert a.tolist() == [1, 2.5, -3e-5]
+    assert (b, c, d) == ([1, 2], [[1, 2], [3, 4]], [1, True])

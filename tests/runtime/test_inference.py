@@ -19,12 +19,14 @@ import trio
 from onnx import TensorProto
 
 from mesh.core.rollout import RolloutError
+from mesh.runtime import inference
 from mesh.runtime.activefile import pinned_releases, rollback_persisted
 from mesh.runtime.inference import (
     BadInputError,
     InferenceFailedError,
     InferenceService,
     UnknownModelError,
+    in_worker_thread,
 )
 from tests.runtime import models
 from tests.runtime.conftest import Node
@@ -357,3 +359,86 @@ async def test_pinned_releases_are_the_active_and_rollback_targets(node: Node) -
     assert {i.version for i in node.store.releases("m")} == {1, 2, 3, 4}
     await svc.aclose()
     assert pinned_releases(node.data_dir) == set(rids)
+
+
+async def test_in_worker_thread_returns_raises_and_respects_the_limiter() -> None:
+    limiter = trio.CapacityLimiter(2)
+    here = threading.get_ident()
+    assert await in_worker_thread(limiter, threading.get_ident) != here
+    with pytest.raises(ZeroDivisionError):
+        await in_worker_thread(limiter, lambda: 1 // 0)
+    assert limiter.borrowed_tokens == 0  # released after an error too
+
+    lock = threading.Lock()
+    running, peak = 0, 0
+    gate = threading.Event()
+
+    def job() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        assert gate.wait(30)
+        with lock:
+            running -= 1
+
+    async with trio.open_nursery() as n:
+        for _ in range(5):
+            n.start_soon(in_worker_thread, limiter, job)
+        with trio.fail_after(30):
+            while running < 2 or limiter.statistics().tasks_waiting < 3:
+                await trio.sleep(0.001)
+        gate.set()
+    assert peak == 2
+    assert limiter.borrowed_tokens == 0
+
+
+async def test_a_run_in_a_worker_thread_is_not_abandoned_on_cancel() -> None:
+    limiter = trio.CapacityLimiter(1)
+    started, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+
+    def job() -> None:
+        started.set()
+        assert release.wait(30)
+        finished.append(True)
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as n:
+            n.start_soon(in_worker_thread, limiter, job)
+            await trio.to_thread.run_sync(started.wait, 30)
+            scope.cancel()
+            release.set()
+    assert finished == [True]  # the cancelled caller waited for the run to end
+    assert limiter.borrowed_tokens == 0
+
+
+async def test_the_first_request_is_saved_as_the_sample_off_the_request_path(node: Node) -> None:
+    svc = service(node)
+    await svc.start()
+    await svc.offer(node.publish_onnx(models.scale(1.0), "m", 1))
+    sample = node.data_dir.root / "samples" / "m.npz"
+    assert not sample.exists()
+    assert await answer(svc) == (1, 1.0)
+    with trio.fail_after(30):
+        while not sample.exists():  # written by a worker thread, not awaited by the request
+            await trio.sleep(0.01)
+    with np.load(sample) as z:
+        np.testing.assert_array_equal(z["x"], X["x"])
+    assert not list(sample.parent.glob(".*tmp*"))
+
+
+def test_activation_threads_get_the_background_nice_and_leave_the_caller_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    monkeypatch.setattr(inference, "BACKGROUND_NICE", 3)
+    assert inference._niced(nice) == min(19, before + 3)
+    monkeypatch.setattr(inference, "BACKGROUND_NICE", 0)
+    assert inference._niced(nice) == before
+    assert nice() == before  # per thread: the caller's priority is untouched
+    with pytest.raises(ZeroDivisionError):
+        inference._niced(lambda: 1 // 0)

@@ -796,7 +796,7 @@ class MeshNode:
         if gone:
             self._add_avail(s, gone, -1, p)
         p.have[s.rid] = bits
-        if new & ~(s.have | s.storing_mask | s.requested_mask) and self._free(p):
+        if new & ~(s.have | s.storing_mask | s.requested_mask):
             self._sched_peers[p.id] = None  # it has something to ask it for
         p.last_progress = self._now
         if new:
@@ -849,7 +849,7 @@ class MeshNode:
         new &= ~p.denied.get(s.rid, 0)
         if new:
             p.have[s.rid] = bits | new
-            if new & ~(s.have | s.storing_mask | s.requested_mask) and self._free(p):
+            if new & ~(s.have | s.storing_mask | s.requested_mask):
                 self._sched_peers[p.id] = None  # it has something to ask it for
             p.last_progress = self._now
             self._add_avail(s, new, +1, p)
@@ -1259,16 +1259,8 @@ class MeshNode:
             low = mask & -mask
             mask ^= low
             q = slots[low.bit_length() - 1]
-            if q is not None and self._free(q):
+            if q is not None:
                 self._sched_peers[q.id] = None
-
-    def _free(self, p: _Peer) -> bool:
-        """``p`` could take a request now.  A peer that cannot is looked at again when
-        it can: its request ends or its backoff ends (both list it for the next pass)."""
-        return (
-            p.busy_until <= self._now
-            and len(p.inflight) <= self.config.per_peer_requests + p.extra
-        )
 
     def _expire_requests(self) -> None:
         for pid in dict.fromkeys(pid for (_, _, pid) in self._requests):

@@ -56,6 +56,26 @@ def write_file_atomic(path: Path, data: bytes, *, what: str = "", mode: int = 0o
         raise ConfigError(f"cannot write {label}: {e.strerror}") from None
 
 
+def read_json_document(path: Path, fmt: int, key: str, kind: type, *, what: str) -> Any:
+    """The ``key`` member of the versioned JSON document at ``path`` (``None`` when
+    there is no file).  A damaged file, another format or a ``key`` that is not a
+    ``kind`` is a ``ConfigError`` naming WHAT and PATH, never silently empty."""
+    label = f"{what} {path}"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{label} is unreadable: {e}; fix or remove it") from None
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        raise ConfigError(f"{label} has an unknown format; fix or remove it")
+    value = raw.get(key)
+    if not isinstance(value, kind):
+        shape = "a list" if kind is list else "an object"
+        raise ConfigError(f"{label}: {key!r} must be {shape}")
+    return value
+
+
 def default_data_dir() -> Path:
     env = os.environ.get("EDGEMESH_HOME")
     if env:
@@ -134,18 +154,8 @@ class DataDir:
     # -- trust store --------------------------------------------------------------------
 
     def _read_trust(self) -> list[dict[str, Any]]:
-        try:
-            raw = json.loads(self.trust_file.read_text())
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"trust store {self.trust_file} is unreadable: {e}") from None
-        if not isinstance(raw, dict) or raw.get("format") != TRUST_FORMAT:
-            raise ConfigError(f"trust store {self.trust_file} has an unknown format")
-        keys = raw.get("keys")
-        if not isinstance(keys, list):
-            raise ConfigError(f"trust store {self.trust_file}: 'keys' must be a list")
-        return keys
+        keys = read_json_document(self.trust_file, TRUST_FORMAT, "keys", list, what="trust store")
+        return [] if keys is None else keys
 
     def load_trust(self) -> TrustStore:
         store = TrustStore()

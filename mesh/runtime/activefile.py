@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.core.rollout import ModelRollout, RolloutError, offline_rollback
-from mesh.datadir import DataDir, write_file_atomic
-from mesh.errors import ConfigError
+from mesh.datadir import DataDir, read_json_document, write_file_atomic
 from mesh.ids import ReleaseId
 
 ACTIVE_FORMAT = 1
@@ -30,18 +29,8 @@ def active_file(data_dir: DataDir) -> Path:
 def read_active(path: Path) -> dict[str, Any]:
     """The persisted rollouts by model ({} when there is no file); a damaged file is an
     error, never silently empty (that would undo a rollback)."""
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} is unreadable: {e}; fix or remove it") from None
-    if not isinstance(raw, dict) or raw.get("format") != ACTIVE_FORMAT:
-        raise ConfigError(f"{path} has an unknown format; fix or remove it")
-    models = raw.get("models")
-    if not isinstance(models, dict):
-        raise ConfigError(f"{path}: 'models' must be an object")
-    return models
+    models = read_json_document(path, ACTIVE_FORMAT, "models", dict, what="active file")
+    return {} if models is None else models
 
 
 def write_active(path: Path, models: dict[str, Any]) -> None:

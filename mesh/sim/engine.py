@@ -566,7 +566,7 @@ class Simulation:
                     self._push(
                         self.now + self._latency(node, target),
                         _DELIVER,
-                        (target.index, node.index, None, "disconnected"),
+                        (target.index, node.index, "disconnected"),
                     )
         elif isinstance(action, A.Gossip):
             self._gossip_from(node, action.data)
@@ -635,7 +635,7 @@ class Simulation:
         core.receive(self.nodes[src].id, msg, now=self.now)
         self._drain(node)
 
-    def _deliver(self, dst: int, src: int, frame: bytes | None, note: str) -> None:
+    def _deliver(self, dst: int, src: int, note: str) -> None:
         """A note about the connection from ``src`` reaches ``dst``."""
         node = self.nodes[dst]
         if note == "disconnected" and node.alive and node.core is not None:
@@ -658,7 +658,7 @@ class Simulation:
     def _send_chunk(self, node: SimNode, act: A.SendChunk) -> None:
         target = self.by_id.get(act.peer)
         if target is None or self._pair(node.index, target.index) not in self._conns:
-            self._push(self.now, _DELIVER, (node.index, node.index, None, "chunk"))
+            self._push(self.now, _DELIVER, (node.index, node.index, "chunk"))
             return
         header = len(wire.encode_chunk_header(act.release_id, act.index, act.length))
         resources = [node.up]

@@ -11,3 +11,7 @@ Layers (DESIGN §2), enforced by import-linter contracts in ``pyproject.toml``:
 """
 
 __version__ = "0.1.0"
+
+from mesh import _native
+
+_native.select()  # compiled core modules only when they match their source

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,3 +294,16 @@ def expected_interface(model: onnx.ModelProto) -> ModelInterface:
 
 
 FLOAT = TensorProto.FLOAT
+
+
+def run_as_pure_python(nodeid: str) -> None:
+    """Run one test (a pytest node id) in a child pytest whose edgemesh loads the
+    compiled modules' ``.py`` files (``mesh._native``): for tests that patch a class
+    that is compiled in this process.  Fails if the child's test fails."""
+    from mesh import _native
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, _native.ENV: "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid]
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"{nodeid} as pure Python:\n{r.stdout[-4000:]}{r.stderr[-2000:]}"

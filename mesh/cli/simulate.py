@@ -127,7 +127,7 @@ def simulate(
                 f"{r['hostile']['bans_by_honest_nodes']}"
             ),
         )
-    row("events / wall", lambda r: f"{r['events']} / {r['wall_s']:.1f} s")
+    row("events / wall", lambda r: f"{r['events']} / {r['wall_s']:.1f} s ({r['core']})")
     row("trace digest", lambda r: r["trace_digest"][:16])
     console.print(table)
 

@@ -54,7 +54,7 @@ class StoreChunk(Action):
     release_id: ReleaseId
     index: int
     chunk_id: ChunkId
-    payload: bytes
+    payload: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

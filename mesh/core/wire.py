@@ -267,7 +267,7 @@ class ChunkData(Message):
     TYPE: ClassVar[MessageType] = MessageType.CHUNK_DATA
     release_id: ReleaseId
     index: int
-    payload: bytes
+    payload: bytes | memoryview  # the runtime hands over a view of its buffer
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ import mmap
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import multiaddr
 import trio
@@ -593,7 +593,7 @@ class _ChunkReader:
         assert self._msg is not None
         assert self._view is not None
         # the store hashes and writes any bytes-like payload; the core only takes len()
-        msg = ChunkData(self._msg.release_id, self._msg.index, cast(bytes, self._view))
+        msg = ChunkData(self._msg.release_id, self._msg.index, self._view)
         self._msg = self._view = None
         return msg
 

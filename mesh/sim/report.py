@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh import _native
 from mesh.sim.engine import TIMELINE_BUCKET_S, RunResult, lower_bound
 
 
@@ -55,6 +56,8 @@ def build_report(result: RunResult, *, wall_s: float) -> dict[str, Any]:
         "events": result.events,
         "simulated_s": round(result.end_time, 4),
         "wall_s": round(wall_s, 3),
+        # wall_s depends on it: "compiled" (mypyc, ADR 0008) or "pure Python (why)"
+        "core": _native.mode,
         "trace_digest": result.digest,
         "seed_upload_timeline": {
             "bucket_s": TIMELINE_BUCKET_S,

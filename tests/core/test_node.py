@@ -318,7 +318,7 @@ class Swarm:
     def store_chunk(self, d: Driver, act: A.StoreChunk) -> None:
         ok = hashlib.sha256(act.payload).digest() == act.chunk_id.raw
         if ok:
-            d.store[act.chunk_id] = act.payload
+            d.store[act.chunk_id] = bytes(act.payload)
 
         def stored() -> None:
             if ok:

@@ -8,8 +8,9 @@ compiled module in preference to its ``.py`` file; :func:`select` (run by
 
 * every module of :data:`COMPILED` has its extension (they call each other natively:
   all or none), and
-* every source file still has the digest it had when it was compiled (an editable
-  install whose source was edited since ``pip install -e .`` runs the source), and
+* every source file they depend on still has the digest it had when they were
+  compiled (an editable install whose source was edited since ``pip install -e .``
+  runs the source), and
 * ``EDGEMESH_PURE_PYTHON`` is not set (tests use it to compare both builds).
 
 Otherwise a finder at the front of ``sys.meta_path`` loads those modules from their
@@ -50,8 +51,26 @@ def _source(root: Path, module: str) -> Path:
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
+def _dependencies(root: Path) -> list[Path]:
+    """The sources whose content the compiled code depends on: the compiled modules
+    and every module whose types they were compiled against (mypyc bakes in the
+    declared types of what they import, e.g. that a message field is ``bytes``).
+    That is all of ``mesh`` except the packages above the simulator in the layers,
+    which nothing compiled imports (import-linter keeps it so)."""
+    mesh = root / "mesh"
+    above = {"runtime", "cli", "store"}
+    return sorted(
+        p
+        for p in mesh.rglob("*.py")
+        if p.relative_to(mesh).parts[0] not in above and p.name != "_native.py"
+    )
+
+
 def source_digests(root: Path) -> dict[str, str]:
-    return {m: hashlib.sha256(_source(root, m).read_bytes()).hexdigest() for m in COMPILED}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in _dependencies(root)
+    }
 
 
 def _has_extension(root: Path, module: str) -> bool:

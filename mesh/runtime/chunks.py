@@ -14,17 +14,19 @@ Rules:
   the store (a disk slower than the network), data streams are not read, for at most
   ``BACKLOG_PAUSE`` at a time: the senders' yamux windows fill and they wait, instead
   of this node's memory filling up.
-* The data path is shaped around py-libp2p's framing (ADR 0006): chunk frames are
-  written in pieces that make one Noise message per yamux frame, and a data stream
-  is read in batches (a 2 ms pause after a short read, once its receive window has
-  grown), because yamux sends a window update for every read.
+* The data path is shaped around py-libp2p's framing (ADR 0006): chunk data goes out
+  in yamux DATA frames of 16 whole Noise messages (:func:`write_data`, smaller on slow
+  links: :class:`FramePace`), and a data stream is read in batches (a 2 ms pause after
+  a short read, once its receive window has grown), because yamux sends a window
+  update for every read.
 * One control stream per peer pair.  When both sides dial at once, the stream opened
   by the smaller peer id wins on both sides; the loser is reset and the driver hears
   ``disconnected`` + ``connected`` so the core starts a clean session.
 * Chunk payloads are read from the store on a worker thread *as soon as* the core asks
   (prefetch), and written in order on the data stream: the stream never waits for the
-  disk.  The worker also builds the whole frame (header + payload), so the trio thread
-  only writes it.  ``sent`` is reported after the write, freeing the core's upload slot.
+  disk.  The worker reads (and verifies) the payload straight into a reused frame
+  buffer behind its header (:class:`SendBuffers`), so the trio thread only writes it.
+  ``sent`` is reported after the write, freeing the core's upload slot.
 * Bulk bytes are copied as little as possible (on a 2-core device the transfer is
   CPU-bound): a data stream is decoded by :class:`_ChunkReader`, which checks each
   frame's prefix and header with the codec's rules and copies the payload once, into

@@ -14,17 +14,19 @@ Rules:
   the store (a disk slower than the network), data streams are not read, for at most
   ``BACKLOG_PAUSE`` at a time: the senders' yamux windows fill and they wait, instead
   of this node's memory filling up.
-* The data path is shaped around py-libp2p's framing (ADR 0006): chunk frames are
-  written in pieces that make one Noise message per yamux frame, and a data stream
-  is read in batches (a 2 ms pause after a short read, once its receive window has
-  grown), because yamux sends a window update for every read.
+* The data path is shaped around py-libp2p's framing (ADR 0006): chunk data goes out
+  in yamux DATA frames of 16 whole Noise messages (:func:`write_data`, smaller on slow
+  links: :class:`FramePace`), and a data stream is read in batches (a 2 ms pause after
+  a short read, once its receive window has grown), because yamux sends a window
+  update for every read.
 * One control stream per peer pair.  When both sides dial at once, the stream opened
   by the smaller peer id wins on both sides; the loser is reset and the driver hears
   ``disconnected`` + ``connected`` so the core starts a clean session.
 * Chunk payloads are read from the store on a worker thread *as soon as* the core asks
   (prefetch), and written in order on the data stream: the stream never waits for the
-  disk.  The worker also builds the whole frame (header + payload), so the trio thread
-  only writes it.  ``sent`` is reported after the write, freeing the core's upload slot.
+  disk.  The worker reads (and verifies) the payload straight into a reused frame
+  buffer behind its header (:class:`SendBuffers`), so the trio thread only writes it.
+  ``sent`` is reported after the write, freeing the core's upload slot.
 * Bulk bytes are copied as little as possible (on a 2-core device the transfer is
   CPU-bound): a data stream is decoded by :class:`_ChunkReader`, which checks each
   frame's prefix and header with the codec's rules and copies the payload once, into
@@ -54,6 +56,7 @@ import multiaddr
 import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 
 from mesh.core.manifest import MAX_CHUNK_SIZE
 from mesh.core.wire import (
@@ -84,12 +87,27 @@ DATA_READ_PAUSE = 0.002
 #: 256 KiB window a pause would cap the rate at window / pause, and pausing reads
 #: before it has grown would keep it from growing.
 PAUSE_MIN_WINDOW = 4 << 20
-#: Chunk frames are written in pieces of this size: a yamux frame (12-byte header +
-#: payload) then fits one Noise transport message (at most 65519 bytes of plaintext).
-#: A 1 MiB write would become 64 KiB yamux frames, each split by Noise into a full
-#: message and a 17-byte one: twice the encryptions, socket writes and, on the
-#: receiver, message reads and decryptions.
-DATA_WRITE_SIZE = 65519 - 12
+#: Largest plaintext of one Noise transport message (py-libp2p, like go-libp2p, cuts
+#: longer writes into messages of at most this many bytes).
+NOISE_PLAINTEXT = 65519
+#: Chunk data goes out in yamux DATA frames of this many bytes, 12-byte header
+#: included, so that Noise cuts each into 16 full messages (:func:`write_data`).
+#: py-libp2p's own ``YamuxStream.write`` makes frames of at most 64 KiB + 12, each
+#: split by Noise into a full message and a 17-byte one; pieces of 65507 bytes (one
+#: Noise message per frame) were the previous step.  A larger frame costs the same
+#: Noise messages but one yamux frame's Python work (locks, window bookkeeping, the
+#: per-frame debug strings py-libp2p 0.8.1 formats unconditionally, the receiver's
+#: stream-buffer append and wake-up) instead of 16.  The receiver accepts DATA frames
+#: up to its receive window (yamux's rule; py-libp2p: up to 16 MiB).
+DATA_FRAME_MSGS = 16
+_YAMUX_HEADER = struct.Struct("!BBHII")  # version, type, flags, stream id, length
+DATA_WRITE_SIZE = DATA_FRAME_MSGS * NOISE_PLAINTEXT - _YAMUX_HEADER.size
+#: ... but on a slow link a frame should not take much longer than this to go into the
+#: socket (:class:`FramePace`): 25 ms is 16 messages down to ~42 MB/s, 4 at 100 Mbit/s.
+FRAME_TIME = 0.025
+#: Without access to the yamux stream (another muxer or py-libp2p version), data is
+#: written with ``stream.write`` in pieces of this size: one Noise message per frame.
+FALLBACK_WRITE_SIZE = NOISE_PLAINTEXT - _YAMUX_HEADER.size
 #: Control frames queued for one peer before the peer counts as stuck (the core
 #: bounds what it sends; this only guards against a peer that never reads).
 CONTROL_QUEUE = 4096
@@ -124,7 +142,8 @@ class _Send:
     chunk_id: ChunkId
     length: int
     ready: trio.Event = field(default_factory=trio.Event)
-    frame: bytes | None = None
+    frame: bytes | memoryview | None = None
+    buffer: bytearray | None = None  # frame's buffer, from SendBuffers
     error: str = ""
 
 
@@ -139,6 +158,7 @@ class _Link:
         self.cancel = trio.CancelScope()
         self.data_out: Any = None
         self.data_in: list[Any] = []
+        self.pace = FramePace()
         self.nursery: trio.Nursery | None = None
 
 
@@ -155,6 +175,7 @@ class ChunkTransport:
         disconnected: Callable[[str], None],
         violation: Callable[[str, str], None],
         read_chunk: Callable[[ChunkId], bytes],
+        read_chunk_into: Callable[[ChunkId, memoryview], None] | None = None,
         sent: Callable[[str, ReleaseId, int, str], None],
         max_frame: int | None = None,
         backlog: Callable[[], int] = lambda: 0,
@@ -167,12 +188,14 @@ class ChunkTransport:
         self._disconnected = disconnected
         self._violation = violation
         self._read_chunk = read_chunk
+        self._read_chunk_into = read_chunk_into
         self._sent = sent
         self._max_frame = max_frame
         self._backlog = backlog
         self._links: dict[str, _Link] = {}
         self._readers = trio.CapacityLimiter(8)
         self.buffers = RecvBuffers()
+        self.send_buffers = SendBuffers()
         host.set_stream_handler(PROTOCOL_ID, self._on_control_stream)
         host.set_stream_handler(DATA_PROTOCOL_ID, self._on_data_stream)
 
@@ -378,7 +401,18 @@ class ChunkTransport:
 
     async def _prefetch(self, item: _Send) -> None:
         try:
-            item.frame = await trio.to_thread.run_sync(self._framed, item, limiter=self._readers)
+            if self._read_chunk_into is None:
+                item.frame = await trio.to_thread.run_sync(
+                    self._framed, item, limiter=self._readers
+                )
+            else:
+                head = encode_chunk_header(item.release_id, item.index, item.length)
+                buf, frame = self.send_buffers.take(len(head) + item.length)
+                frame[: len(head)] = head
+                await trio.to_thread.run_sync(
+                    self._read_chunk_into, item.chunk_id, frame[len(head) :], limiter=self._readers
+                )
+                item.frame, item.buffer = frame, buf
         except EdgemeshError as e:
             item.error = str(e)
         except OSError as e:
@@ -398,7 +432,7 @@ class ChunkTransport:
         together with the start of the next frame when that one is already queued and
         read (else at once): a 1 MiB chunk then costs 16 yamux frames, not 17.  ``sent``
         is reported once a chunk's last byte is written."""
-        tail = b""  # the end of the frame of unsent[0], not yet written
+        tail: memoryview | None = None  # the end of the frame of unsent[0], not yet written
         unsent: list[_Send] = []  # chunks being written, oldest first
         try:
             while True:
@@ -413,7 +447,7 @@ class ChunkTransport:
                     for item in unsent:
                         self._sent(link.peer, item.release_id, item.index, "peer gone")
                     unsent.clear()
-                    tail = b""
+                    tail = None
                     broken, link.data_out = link.data_out, None
                     if broken is not None:
                         await _reset(broken)
@@ -423,19 +457,21 @@ class ChunkTransport:
             for item in unsent:  # never finished: free the core's upload slots
                 self._sent(link.peer, item.release_id, item.index, "peer gone")
 
-    async def _write_next(self, link: _Link, tail: bytes, unsent: list[_Send]) -> bytes:
+    async def _write_next(
+        self, link: _Link, tail: memoryview | None, unsent: list[_Send]
+    ) -> memoryview | None:
         """Write the next queued frame (and the held-back tail); returns the new tail."""
-        if tail and link.data_recv.statistics().current_buffer_used == 0:
+        if tail is not None and link.data_recv.statistics().current_buffer_used == 0:
             await self._write_piece(link, tail)
-            tail = b""
+            tail = None
             self._report_sent(link, unsent.pop(0))
         try:
             item = await link.data_recv.receive()
         except trio.EndOfChannel:
             item = None
-        if tail and (item is None or not item.ready.is_set()):
+        if tail is not None and (item is None or not item.ready.is_set()):
             await self._write_piece(link, tail)
-            tail = b""
+            tail = None
             self._report_sent(link, unsent.pop(0))
         if item is None:
             raise _ChannelDone
@@ -447,31 +483,72 @@ class ChunkTransport:
         unsent.append(item)
         view = memoryview(frame)  # slices of it are not copies
         start = 0
-        if tail:
+        if tail is not None:
             start = min(DATA_WRITE_SIZE - len(tail), len(view))
-            await self._write_piece(link, tail + view[:start])
-            tail = b""
+            await self._write_piece(link, tail, view[:start])
+            tail = None
             self._report_sent(link, unsent.pop(0))
         full = start + (len(view) - start) // DATA_WRITE_SIZE * DATA_WRITE_SIZE
         for at in range(start, full, DATA_WRITE_SIZE):
             await self._write_piece(link, view[at : at + DATA_WRITE_SIZE])
         if full < len(view):
-            return bytes(view[full:])
+            return view[full:]
         self._report_sent(link, unsent.pop(0))
-        return b""
+        return None
 
-    async def _write_piece(self, link: _Link, data: bytes | memoryview) -> None:
+    async def _write_piece(self, link: _Link, *parts: memoryview) -> None:
         try:
             if link.data_out is None:
                 link.data_out = await self.host.new_stream(
                     ID.from_base58(link.peer), [DATA_PROTOCOL_ID]
                 )
-            await link.data_out.write(data)
+            await write_data(link.data_out, parts, link.pace)
         except Exception:  # noqa: BLE001 -- StreamClosed, StreamReset, ...
             raise _DataStreamBroken from None
 
     def _report_sent(self, link: _Link, item: _Send) -> None:
+        """``item``'s last byte is written (copied into a yamux frame): its buffer
+        may be reused."""
+        if item.buffer is not None:
+            self.send_buffers.give(item.buffer)
+            item.buffer = None
         self._sent(link.peer, item.release_id, item.index, "")
+
+
+class SendBuffers:
+    """Buffers for outgoing chunk frames, reused (trio thread only): the sender reads
+    each chunk straight into a frame buffer after its header (``read_chunk_into``),
+    instead of reading it into a new ``bytes`` and then concatenating header and
+    payload into another one (two 1 MiB allocations, zero-fills and page faults per
+    chunk, and a copy).  A buffer comes back once its frame is written; one that
+    never comes back (a broken stream) is freed by the garbage collector."""
+
+    #: buffers are kept by capacity, a multiple of this (frame sizes vary by a few
+    #: header bytes)
+    GRAIN = 4096
+
+    def __init__(self, keep: int = RECV_BUFFERS) -> None:
+        self.keep = keep
+        self._free: dict[int, list[bytearray]] = {}
+        self._count = 0
+        self.reused = 0
+
+    def take(self, size: int) -> tuple[bytearray, memoryview]:
+        """A buffer of at least ``size`` bytes and a view of its first ``size``."""
+        cap = -(-size // self.GRAIN) * self.GRAIN
+        free = self._free.get(cap)
+        if free:
+            buf = free.pop()
+            self._count -= 1
+            self.reused += 1
+        else:
+            buf = bytearray(cap)
+        return buf, memoryview(buf)[:size]
+
+    def give(self, buf: bytearray) -> None:
+        if self._count < self.keep:
+            self._free.setdefault(len(buf), []).append(buf)
+            self._count += 1
 
 
 class RecvBuffers:
@@ -625,6 +702,101 @@ def _recv_window(stream: Any) -> int:
     muxed = getattr(stream, "muxed_stream", stream)
     window = getattr(muxed, "target_recv_window", 0)
     return window if isinstance(window, int) else 0
+
+
+class FramePace:
+    """How large one link's data frames may be: the connection's write lock is held
+    while a frame goes into the socket, and control frames to the same peer (requests,
+    have-updates, window updates) wait behind it.  On loopback a 1 MiB frame takes a
+    few ms; on a 50 Mbit/s link 170 ms.  So frames are kept to about ``FRAME_TIME`` of
+    the link's measured drain rate (a smoothed time per byte of the frame writes that
+    went before), between one and ``DATA_FRAME_MSGS`` Noise messages."""
+
+    def __init__(self) -> None:
+        self.msgs = DATA_FRAME_MSGS
+        self._spb = 0.0  # smoothed seconds per byte of frame writes
+
+    def frame_size(self) -> int:
+        return self.msgs * NOISE_PLAINTEXT - _YAMUX_HEADER.size
+
+    def wrote(self, size: int, seconds: float) -> None:
+        spb = max(seconds, 0.0) / max(size, 1)
+        self._spb = spb if self._spb == 0.0 else self._spb + (spb - self._spb) / 4
+        fit = FRAME_TIME / (self._spb * NOISE_PLAINTEXT) if self._spb > 0 else math.inf
+        self.msgs = int(max(1, min(DATA_FRAME_MSGS, fit)))
+
+
+async def write_data(
+    stream: Any, parts: Sequence[memoryview], pace: FramePace | None = None
+) -> None:
+    """Write ``parts`` (one run of bytes) on a data stream as yamux DATA frames of up
+    to ``DATA_WRITE_SIZE`` bytes (fewer with ``pace`` on a slow link).
+
+    py-libp2p 0.8.1's ``YamuxStream.write`` caps frames at 64 KiB; this is the same
+    procedure with a larger cap (ADR 0006): take send window under the stream's
+    ``rw_lock`` write lock and ``window_lock``, wait (polling, at most 5 s, as yamux
+    does) while it is zero, then write header + payload under the connection's write
+    lock.  It reads internals of the pinned version (``NetStream.muxed_stream``, the
+    ``YamuxStream`` fields above, ``Yamux._write_lock`` and ``secured_conn``); when they
+    are missing, the bytes go through ``stream.write`` in one-Noise-message pieces."""
+    muxed: Any = getattr(stream, "muxed_stream", None)
+    conn: Any = getattr(muxed, "conn", None)
+    if not _yamux_internals(muxed, conn):
+        data = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+        for at in range(0, len(data), FALLBACK_WRITE_SIZE):
+            await stream.write(data[at : at + FALLBACK_WRITE_SIZE])
+        return
+    left = sum(len(p) for p in parts)
+    i = off = 0  # read position: parts[i][off:]
+    while left:
+        limit = DATA_WRITE_SIZE if pace is None else pace.frame_size()
+        n = await _take_send_window(muxed, min(left, limit))
+        pieces: list[bytes | memoryview] = [_YAMUX_HEADER.pack(0, 0, 0, muxed.stream_id, n)]
+        need = n
+        while need:
+            part = parts[i]
+            take = min(need, len(part) - off)
+            pieces.append(part[off : off + take])
+            off += take
+            need -= take
+            if off == len(part):
+                i, off = i + 1, 0
+        frame = b"".join(pieces)  # one copy, as YamuxStream.write's header + chunk
+        async with conn._write_lock:
+            t0 = trio.current_time()
+            await conn.secured_conn.write(frame)
+            if pace is not None:
+                pace.wrote(len(frame), trio.current_time() - t0)
+        left -= n
+        await trio.lowlevel.checkpoint()
+
+
+def _yamux_internals(muxed: Any, conn: Any) -> bool:
+    return all(
+        hasattr(muxed, a)
+        for a in ("rw_lock", "window_lock", "send_window", "send_closed", "closed", "stream_id")
+    ) and all(hasattr(conn, a) for a in ("_write_lock", "secured_conn"))
+
+
+async def _take_send_window(muxed: Any, want: int) -> int:
+    """Reserve up to ``want`` bytes of ``muxed``'s send window (waiting while it is
+    zero, at most 5 s, like ``YamuxStream.write``); returns the bytes reserved.  A
+    partial window is rounded down to whole Noise messages where it can be."""
+    with trio.fail_after(5.0):
+        while True:
+            async with muxed.rw_lock.write_lock():
+                if muxed.send_closed or muxed.closed:
+                    raise MuxedStreamError("stream is closed for sending")
+                async with muxed.window_lock:
+                    window = muxed.send_window
+                    if window > 0:
+                        n = min(window, want)
+                        if n < want and n + _YAMUX_HEADER.size >= NOISE_PLAINTEXT:
+                            n = (n + _YAMUX_HEADER.size) // NOISE_PLAINTEXT * NOISE_PLAINTEXT
+                            n -= _YAMUX_HEADER.size
+                        muxed.send_window -= n
+                        return int(n)
+            await trio.sleep(0.01)
 
 
 def _remote_ip(stream: Any) -> str | None:

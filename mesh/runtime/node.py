@@ -154,6 +154,7 @@ async def open_node(
                 disconnected=driver.disconnected,
                 violation=driver.violation,
                 read_chunk=store.get,
+                read_chunk_into=store.get_into,
                 sent=driver.sent,
                 backlog=lambda: driver.store_backlog,
             )

@@ -115,6 +115,7 @@ class ChunkStore(Protocol):
     def add_new(self, data: Buffer) -> tuple[ChunkId, bool]: ...
     def put(self, chunk_id: ChunkId, data: bytes) -> bool: ...
     def get(self, chunk_id: ChunkId) -> bytes: ...
+    def get_into(self, chunk_id: ChunkId, buf: memoryview) -> None: ...
     def has(self, chunk_id: ChunkId) -> bool: ...
     def present(self, chunk_ids: Iterable[ChunkId]) -> set[ChunkId]: ...
     def delete_chunk(self, chunk_id: ChunkId) -> int: ...
@@ -241,6 +242,21 @@ class BaseStore(ABC):
             self._read += 1
             self._bytes_read += len(data)
         return data
+
+    def get_into(self, chunk_id: ChunkId, buf: memoryview) -> None:
+        """:meth:`get` into ``buf``, which must be exactly the chunk's size (the size
+        the manifest gives): same checks (a chunk of another size is corrupt), so a
+        sender can read a chunk into a buffer it reuses.  ``buf`` is undefined after
+        an error."""
+        data = self.get(chunk_id)
+        if len(data) != len(buf):
+            with self._lock:
+                self._integrity_failures += 1
+            raise IntegrityError(
+                f"chunk {chunk_id.short()} is corrupt in the store ({len(data)} bytes, "
+                f"the manifest says {len(buf)})"
+            )
+        buf[:] = data
 
     def has(self, chunk_id: ChunkId) -> bool:
         return self._chunk_exists(chunk_id)

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mesh.errors import EdgemeshError, IntegrityError, StoreError, StoreFullError
+from mesh.errors import EdgemeshError, IntegrityError, NotFoundError, StoreError, StoreFullError
 from mesh.ids import DIGEST_SIZE, ChunkId, ReleaseId
 from mesh.store.base import BaseStore, Buffer
 
@@ -219,6 +219,33 @@ class FsStore(BaseStore):
                 self._integrity_failures += 1
             raise IntegrityError(f"chunk {chunk_id.short()}: data does not match its hash")
         return self._store(chunk_id, data)
+
+    def get_into(self, chunk_id: ChunkId, buf: memoryview) -> None:
+        """:meth:`BaseStore.get_into` without an intermediate ``bytes``: the file is
+        read straight into ``buf`` (no allocation, zero-fill and page faults per chunk
+        on the sender, no copy).  Same checks: the file must be exactly ``len(buf)``
+        bytes and hash to ``chunk_id``."""
+        try:
+            with open(self._chunk_path(chunk_id), "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                got = 0
+                if size == len(buf):
+                    while got < size and (n := f.readinto(buf[got:])):
+                        got += n
+        except FileNotFoundError:
+            raise NotFoundError(f"chunk {chunk_id.short()} is not in the store") from None
+        except OSError as e:
+            raise StoreError(f"cannot read chunk {chunk_id.short()}: {e.strerror}") from None
+        if size != len(buf) or got != size or ChunkId.of(buf) != chunk_id:
+            with self._lock:
+                self._integrity_failures += 1
+            raise IntegrityError(
+                f"chunk {chunk_id.short()} is corrupt in the store (its bytes do not hash to "
+                "its name, or its size is not the manifest's)"
+            )
+        with self._lock:
+            self._read += 1
+            self._bytes_read += size
 
     # -- chunk primitives ---
 

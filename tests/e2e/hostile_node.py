@@ -20,6 +20,7 @@ from mesh.store.base import BaseStore
 from mesh.store.fs import FsStore
 
 _honest_get = FsStore.get
+_honest_get_into = FsStore.get_into
 
 
 def _corrupt_get(self: BaseStore, chunk_id: ChunkId) -> bytes:
@@ -28,10 +29,17 @@ def _corrupt_get(self: BaseStore, chunk_id: ChunkId) -> bytes:
     return bytes(data)
 
 
+def _corrupt_get_into(self: FsStore, chunk_id: ChunkId, buf: memoryview) -> None:
+    # the chunk sender reads chunks with get_into
+    _honest_get_into(self, chunk_id, buf)
+    buf[len(buf) // 2] ^= 0xFF
+
+
 async def main(data: Path, mesh: str) -> None:
     from mesh.runtime.node import NodeSettings, open_node
 
     FsStore.get = _corrupt_get  # type: ignore[method-assign]
+    FsStore.get_into = _corrupt_get_into  # type: ignore[method-assign]
     dd = DataDir(data)
     settings = NodeSettings(
         dd, dd.load_trust(), NodeConfig(mesh=mesh), listen=["/ip4/127.0.0.1/tcp/0"], mdns=False

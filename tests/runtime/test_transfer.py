@@ -14,6 +14,7 @@ from mesh.core.trust import TrustedKey, TrustStore
 from mesh.datadir import DataDir
 from mesh.modelgen import write_example_model
 from mesh.publish import publish
+from mesh.runtime.chunks import ChunkTransport
 from mesh.runtime.node import NodeSettings, open_node
 from tests.helpers import key
 
@@ -68,6 +69,11 @@ async def test_seed_to_joiner_over_loopback(tmp_path: Path) -> None:
                 await done.wait()
                 st = hj.status()
                 backlog = hj.driver.store_backlog
+            sender = hs.driver.transport
+    assert isinstance(sender, ChunkTransport)
+    # the seed read chunks into frame buffers, and reused those of chunks written
+    # (several are read ahead at once, so not all 6)
+    assert sender.send_buffers.reused >= 1
     rel = st["models"]["m"]["releases"][0]
     assert rel["chunks_verified"] == rel["chunks_total"] == 6
     assert st["corrupt_chunks"] == 0

@@ -130,6 +130,29 @@ def test_get_truncated_chunk(store: AnyStore) -> None:
         store.get(cid)
 
 
+def test_get_into_reads_a_verified_chunk_into_a_buffer_of_its_size(store: AnyStore) -> None:
+    data = bytes(range(256)) * 40
+    cid = store.add(data)
+    buf = bytearray(len(data) + 8)
+    store.get_into(cid, memoryview(buf)[4 : 4 + len(data)])
+    assert buf[4 : 4 + len(data)] == data
+    assert buf[:4] == buf[-4:] == bytes(4)  # nothing written outside the view
+    with pytest.raises(IntegrityError):  # the manifest's size is not the file's
+        store.get_into(cid, memoryview(bytearray(len(data) - 1)))
+    with pytest.raises(IntegrityError):
+        store.get_into(cid, memoryview(bytearray(len(data) + 1)))
+    with pytest.raises(NotFoundError):
+        store.get_into(ChunkId.of(b"nope"), memoryview(bytearray(4)))
+
+
+def test_get_into_refuses_a_corrupt_chunk(store: AnyStore) -> None:
+    cid = store.add(b"x" * 1000)
+    store.corrupt(cid, 500)
+    with pytest.raises(IntegrityError, match=cid.short()):
+        store.get_into(cid, memoryview(bytearray(1000)))
+    assert store.statistics().integrity_failures == 1
+
+
 def test_delete_chunk(store: AnyStore) -> None:
     cid = store.add(b"z" * 123)
     assert store.delete_chunk(cid) == 123

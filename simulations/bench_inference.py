@@ -189,6 +189,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "mlp_mb": args.mb,
         "loadavg_before": round(os.getloadavg()[0], 2),
         "inline_run_max_ms": inference.INLINE_RUN_MAX * 1e3,
+        "idle_inline_run_max_ms": inference.IDLE_INLINE_RUN_MAX * 1e3,
     }
 
     def pub(path: Path, model: str, version: int) -> Any:
@@ -328,6 +329,13 @@ def main() -> None:
         default=None,
         help="override INLINE_RUN_MAX (runs shorter than this run in the event loop; 0: never)",
     )
+    p.add_argument(
+        "--idle-inline-max-ms",
+        type=float,
+        default=None,
+        help="override IDLE_INLINE_RUN_MAX (runs shorter than this run in the event loop "
+        "when it is idle; 0: never)",
+    )
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--host", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -343,6 +351,8 @@ def main() -> None:
         return
     if args.inline_max_ms is not None:
         inference.INLINE_RUN_MAX = args.inline_max_ms / 1e3
+    if args.idle_inline_max_ms is not None:
+        inference.IDLE_INLINE_RUN_MAX = args.idle_inline_max_ms / 1e3
     result = trio.run(bench, args)
     for name in ("vad", "mlp"):
         if name in result:

@@ -106,7 +106,7 @@ class Api:
                         if size > MAX_HEADER_BYTES:
                             raise HttpError(431, f"request headers over {MAX_HEADER_BYTES} bytes")
                         body = await self._body(conn, stream, fields)
-                        out = _Out(stream.socket.fileno(), _keep_alive(conn, fields))
+                        out = _Out(stream.socket.fileno(), _keep_alive(conn, fields), stream)
                         answer = await self._dispatch(request, fields, body, out)
                     except HttpError as e:
                         answer = _error(e.status, str(e))
@@ -294,7 +294,7 @@ class Api:
                 return _Sent(data, _send_now(out.fd, data), len(payload), out.keep)
 
             _, _, sent = await self.service.infer_then(
-                name, inputs, reply, version=version, outputs=out_names
+                name, inputs, reply, version=version, outputs=out_names, source=out.source
             )
         except UnknownModelError as e:
             self.metrics.observe(label, time.perf_counter() - start, "not_found")
@@ -348,6 +348,7 @@ class _Out:
 
     fd: int
     keep: bool
+    source: object  # the connection, which the service tells from other callers
 
 
 def _send_now(fd: int, data: bytes) -> int:

@@ -179,9 +179,11 @@ class Api:
         """Read until ``buf`` holds a request head; (the head if it has the plain form,
         else None for h11, the bytes, whether the client closed its side).  None with no
         bytes and ``closed``: the client is done."""
-        while (end := buf.find(b"\r\n\r\n")) < 0:
+        searched = 0
+        while (end := buf.find(b"\r\n\r\n", searched)) < 0:
             if closed or len(buf) > MAX_HEADER_BYTES:
                 return None, buf, closed
+            searched = max(0, len(buf) - 3)  # a client sending bytes one by one costs O(n)
             data = await self._receive(stream)
             if not data:
                 return None, buf, True

@@ -70,6 +70,21 @@ CONTROL_WINDOW = 0.7  # seconds, about one 50 MB activation on the development V
 Record = tuple[float, float, int, bool]  # start (monotonic), latency, version, ok
 
 
+#: durations of the served model runs (the node's ``Served.run``), for a diagnostic figure
+SERVER_RUNS: list[float] = []
+
+
+def _timed_run(run: Any) -> Any:
+    def timed(self: Any, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return run(self, *args)
+        finally:
+            SERVER_RUNS.append(time.perf_counter() - t0)
+
+    return timed
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -189,6 +204,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "mlp_mb": args.mb,
         "loadavg_before": round(os.getloadavg()[0], 2),
         "inline_run_max_ms": inference.INLINE_RUN_MAX * 1e3,
+        "idle_inline_run_max_ms": inference.IDLE_INLINE_RUN_MAX * 1e3,
     }
 
     def pub(path: Path, model: str, version: int) -> Any:
@@ -238,6 +254,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             entry: dict[str, Any] = {}
             for mode in ("json", "binary"):
                 server_cpu0 = cpu_seconds()
+                SERVER_RUNS.clear()
                 proc = run_client(host, port, name, inp, mode, count=n, direct=path)
                 recs, base, doc = await collect(proc)
                 server_cpu = cpu_seconds() - server_cpu0
@@ -251,6 +268,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 pairs = [r[1] - b for r, b in zip(recs, base, strict=True) if r[3]]
                 s["paired_median_overhead_ms"] = round(statistics.median(pairs) * 1e3, 3)
                 s["p99_overhead_ms"] = round(s["p99_ms"] - d["p99_ms"], 3)
+                # diagnostic: the same model runs faster or slower by up to ~10% in
+                # different processes (where its 50 MB of weights landed in memory), so
+                # the figures above also hold the difference between the node's runs
+                # and the client's; this one is against the node's own runs
+                runs = SERVER_RUNS[20:] or SERVER_RUNS
+                s["server_run_p50_ms"] = round(pct(runs, 0.5) * 1e3, 3)
+                s["p50_overhead_vs_server_run_ms"] = round(s["p50_ms"] - s["server_run_p50_ms"], 3)
                 # CPU time is far less sensitive to other processes than wall time: the
                 # API's cost = client CPU (without its direct runs) + server CPU (20
                 # warm-up requests included) - the inference itself (a direct run's CPU)
@@ -328,6 +352,13 @@ def main() -> None:
         default=None,
         help="override INLINE_RUN_MAX (runs shorter than this run in the event loop; 0: never)",
     )
+    p.add_argument(
+        "--idle-inline-max-ms",
+        type=float,
+        default=None,
+        help="override IDLE_INLINE_RUN_MAX (runs shorter than this run in the event loop "
+        "when it is idle; 0: never)",
+    )
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--host", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -343,6 +374,9 @@ def main() -> None:
         return
     if args.inline_max_ms is not None:
         inference.INLINE_RUN_MAX = args.inline_max_ms / 1e3
+    if args.idle_inline_max_ms is not None:
+        inference.IDLE_INLINE_RUN_MAX = args.idle_inline_max_ms / 1e3
+    inference.Served.run = _timed_run(inference.Served.run)  # type: ignore[method-assign]
     result = trio.run(bench, args)
     for name in ("vad", "mlp"):
         if name in result:
@@ -352,7 +386,9 @@ def main() -> None:
                 f"{name}: direct p50 {b['direct_p50_ms']} ms; API overhead p50 json "
                 f"{j['p50_overhead_ms']} ms (paired {j['paired_median_overhead_ms']}, cpu "
                 f"{j['cpu_overhead_ms']}), binary {b['p50_overhead_ms']} ms (paired "
-                f"{b['paired_median_overhead_ms']}, cpu {b['cpu_overhead_ms']})",
+                f"{b['paired_median_overhead_ms']}, cpu {b['cpu_overhead_ms']}); against the "
+                f"node's own runs: json {j['p50_overhead_vs_server_run_ms']}, binary "
+                f"{b['p50_overhead_vs_server_run_ms']} ms",
                 file=sys.stderr,
             )
     sw = result["swap"]

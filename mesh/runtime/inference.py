@@ -10,7 +10,8 @@ Rules:
 * Decisions are the core's: this module performs a step and reports its outcome.
 * Slow work (disk, hashing, session builds, inference) runs in worker threads
   (``trio.to_thread``; runs through :func:`in_worker_thread`); the event loop only
-  moves references.  The swap is one
+  moves references -- except runs that take under ``INLINE_RUN_MAX``, or under
+  ``IDLE_INLINE_RUN_MAX`` while nothing else wants the loop.  The swap is one
   assignment in the event loop, so a request uses the session it started on until it
   finishes, and every request sees exactly one version.
 * Activation work runs in its own thread at a lower CPU priority
@@ -81,6 +82,20 @@ BACKGROUND_NICE = 10
 #: big batch can make a fast model slow).
 INLINE_RUN_MAX = 0.0005
 INLINE_INPUT_MAX = 64 * 1024
+#: A run that usually takes up to this long is also done in the event loop when the
+#: loop has nothing else to do at that moment (no other run in flight, no task
+#: scheduled, no timer due during the run, no recent contention, see below): the
+#: thread hand-off costs 0.1-0.25 ms of every request's latency on a loaded 2-core
+#: machine (ADR 0004), and what the loop could do meanwhile is wait.  This bounds how
+#: long other work that turns up during the run waits for the loop.
+IDLE_INLINE_RUN_MAX = 0.005
+#: A request from another caller (API connection) that reaches the service within this
+#: long after a run in the event loop ended probably waited for that run; so does one
+#: that finds another run in flight.  Either way callers overlap: for
+#: ``CONTENTION_HOLD`` seconds every run then goes to a worker thread, so that
+#: concurrent callers run in parallel instead of one after the other in the loop.
+CONTENTION_WINDOW = 0.002
+CONTENTION_HOLD = 1.0
 
 
 class UnknownModelError(LocalProtocolError):
@@ -163,11 +178,11 @@ class Served:
         self.run_time = dt if self.run_time == math.inf else 0.9 * self.run_time + 0.1 * dt
         return result
 
-    def runs_inline(self, feeds: Mapping[str, np.ndarray[Any, Any]]) -> bool:
-        return (
-            self.run_time < INLINE_RUN_MAX
-            and sum(a.nbytes for a in feeds.values()) <= INLINE_INPUT_MAX
-        )
+    def runs_inline(self, feeds: Mapping[str, np.ndarray[Any, Any]], *, idle: bool = False) -> bool:
+        """Whether a run with ``feeds`` is short enough for the event loop: always, or
+        (``idle``) when the loop has nothing else to do."""
+        limit = IDLE_INLINE_RUN_MAX if idle else INLINE_RUN_MAX
+        return self.run_time < limit and sum(a.nbytes for a in feeds.values()) <= INLINE_INPUT_MAX
 
 
 class InferenceService:
@@ -198,6 +213,11 @@ class InferenceService:
         self._persist_lock = trio.Lock()
         self.swaps: dict[str, int] = {}
         self.started = False
+        # the last run done in the event loop because the loop was idle: its caller and
+        # when it ended (perf_counter); and until when callers count as overlapping
+        self._idle_run_source: object = None
+        self._idle_run_end = -math.inf
+        self._contended_until = -math.inf
 
     @property
     def active_file(self) -> Path:
@@ -423,13 +443,15 @@ class InferenceService:
         *,
         version: int | None = None,
         outputs: list[str] | None = None,
+        source: object = None,
     ) -> tuple[Served, dict[str, np.ndarray[Any, Any]], T]:
         """:meth:`infer`, and ``then(served, outputs)`` called right after a successful
         run in the thread that ran it (a worker thread, or the event loop for a fast
-        model), so that the API can encode and send the response before the event loop
-        is woken up: one thread wake-up fewer on every request's path.  ``then`` must be
-        thread-safe and should not raise (what it raises is raised here, after the run
-        was counted as a success)."""
+        model or an idle loop), so that the API can encode and send the response before
+        the event loop is woken up: one thread wake-up fewer on every request's path.
+        ``then`` must be thread-safe and should not raise (what it raises is raised
+        here, after the run was counted as a success).  ``source`` identifies the
+        caller (the API passes its connection), to tell overlapping callers apart."""
         served = self.serving(model, version)
         check_inputs(served.interface, inputs)
         names = served.output_names if outputs is None else outputs
@@ -437,8 +459,14 @@ class InferenceService:
             if n not in served.output_names:
                 raise BadInputError(f"unknown output {n!r} (outputs: {served.output_names})")
         job = functools.partial(_run_then, served, names, inputs, then)
+        idle = not served.runs_inline(inputs) and self._loop_idle(served, inputs, source)
         try:
-            if served.runs_inline(inputs):
+            if idle:
+                try:
+                    out, after = job()
+                finally:
+                    self._idle_run_source, self._idle_run_end = source, time.perf_counter()
+            elif served.runs_inline(inputs):
                 out, after = job()
             else:
                 out, after = await in_worker_thread(self._limiter, job)
@@ -458,6 +486,28 @@ class InferenceService:
                 functools.partial(self._save_sample, model, sample), _log_failure
             )
         return served, out, after.unwrap()
+
+    def _loop_idle(
+        self, served: Served, inputs: Mapping[str, np.ndarray[Any, Any]], source: object
+    ) -> bool:
+        """Whether this (not fast) run may be done in the event loop: it usually takes
+        at most ``IDLE_INLINE_RUN_MAX``, and nothing else wants the loop -- no run in a
+        worker thread, no other task scheduled, no thread's callback queued, no timer
+        due during the run, and no caller overlapping with another lately."""
+        now = time.perf_counter()
+        if self._limiter.borrowed_tokens or (
+            source is not self._idle_run_source and now - self._idle_run_end < CONTENTION_WINDOW
+        ):
+            self._contended_until = now + CONTENTION_HOLD
+            return False
+        if now < self._contended_until or not served.runs_inline(inputs, idle=True):
+            return False
+        stats = trio.lowlevel.current_statistics()
+        return (
+            stats.tasks_runnable == 0
+            and stats.run_sync_soon_queue_size == 0
+            and stats.seconds_to_next_deadline > served.run_time
+        )
 
     async def _unhealthy(self, served: Served) -> None:
         reason = f"health: {served.health.limit} consecutive inference errors on v{served.version}"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import trio
 
+from mesh.runtime import api
 from mesh.runtime.api import serve_api
 from mesh.runtime.inference import InferenceService
 from mesh.runtime.v2client import ApiError, Reply, V2Client, encode_infer
@@ -476,3 +477,77 @@ async def test_a_response_bigger_than_the_socket_buffer_arrives_whole(
             assert version == 2
             np.testing.assert_array_equal(out["y"], x[:rows] * 2)
         assert (await c.infer("m", {"x": X}))[0] == 2  # the connection is still in step
+
+
+@pytest.mark.parametrize(
+    ("head", "plain"),
+    [
+        (b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n", True),
+        (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x:1\r\nContent-Length:  12 \r\n\r\n", True),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\nx-empty:\r\nuser-agent: a b\r\n\r\n", True),
+        (b"GET /a HTTP/1.0\r\nhost: x\r\n\r\n", False),  # HTTP/1.0: h11 (no keep-alive)
+        (b"PUT /a HTTP/1.1\r\nhost: x\r\n\r\n", False),
+        (b"GET * HTTP/1.1\r\nhost: x\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\n\r\n", False),  # no Host
+        (b"GET /a HTTP/1.1\r\nhost: x\r\nhost: y\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\ncontent-length: 1 2\r\n\r\n", False),
+        (b"POST /a HTTP/1.1\r\nhost: x\r\nTransfer-Encoding: chunked\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\nupgrade: h2c\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\nx: a\r\n b\r\n\r\n", False),  # folded line
+        (b"GET /a HTTP/1.1\r\nhost: x\r\nx y: a\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\nx: \xe9\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nhost: x\r\nx: a\rb\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\nhost: x\r\n\r\n", False),
+        (b"\r\nGET /a HTTP/1.1\r\nhost: x\r\n\r\n", False),
+    ],
+)
+def test_only_plain_request_heads_skip_h11(head: bytes, plain: bool) -> None:
+    parsed = api._simple_head(head, head.find(b"\r\n\r\n") + 4)
+    assert (parsed is not None) is plain
+    if parsed is not None:
+        assert parsed.end == len(head)
+        assert all(k == k.lower() and v == v.strip() for k, v in parsed.fields)
+
+
+async def test_requests_outside_the_plain_form_get_h11s_answers(
+    node: Node, running: Running
+) -> None:
+    await activate(node, running, 1)
+    twice = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n"
+    twice += b"\r\n"
+    no_host = b"GET /v2/health/live HTTP/1.1\r\n\r\n"
+    for bad in (twice, no_host):
+        assert (await _raw_exchange(running, bad)).startswith(b"HTTP/1.1 400 ")
+    folded = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx: a\r\n b\r\nconnection: close\r\n\r\n"
+    assert (await _raw_exchange(running, folded)).startswith(b"HTTP/1.1 200 ")  # h11 unfolds
+    body = json.dumps(infer_doc()).encode()
+    chunked = (
+        b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+    plain = (
+        f"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    last = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    # one connection, pipelined: h11's request, a plain one, h11's again (then closed)
+    out = await _raw_exchange(running, chunked + plain + last)
+    responses = out.split(b"HTTP/1.1 ")[1:]
+    assert [r[:6] for r in responses] == [b"200 OK"] * 3
+    assert b'"model_version":"1"' in responses[0]
+    assert b'"model_version":"1"' in responses[1]
+    # a plain request whose body arrives in pieces, after its head
+    stream = await trio.open_tcp_stream(running.host, running.port)
+    async with stream:
+        await stream.send_all(plain[: len(plain) - len(body)])
+        for i in range(0, len(body), 7):
+            await stream.send_all(body[i : i + 7])
+        data = b""
+        while b'"model_version"' not in data:
+            data += await stream.receive_some(65536)
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n")

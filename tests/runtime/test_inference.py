@@ -442,3 +442,58 @@ def test_activation_threads_get_the_background_nice_and_leave_the_caller_alone(
     assert nice() == before  # per thread: the caller's priority is untouched
     with pytest.raises(ZeroDivisionError):
         inference._niced(lambda: 1 // 0)
+
+
+def _thread(served: Any, outputs: Any) -> int:
+    return threading.get_ident()
+
+
+async def test_a_not_so_fast_model_runs_in_the_event_loop_while_nothing_else_wants_it(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every request counts as overlapping the loop's last run when it comes from
+    # another caller, however slowly this machine runs the test; no hold afterwards
+    monkeypatch.setattr(inference, "CONTENTION_WINDOW", 3600.0)
+    monkeypatch.setattr(inference, "CONTENTION_HOLD", 0.0)
+    svc = service(node)
+    await svc.start()
+    await svc.offer(node.publish_onnx(models.scale(1.0), "m", 1))
+    served = svc.serving("m")
+    loop = threading.get_ident()
+
+    async def where(source: str, run_time: float) -> int:
+        served.run_time = run_time  # (each run updates the moving average)
+        _, out, tid = await svc.infer_then("m", X, _thread, source=source)
+        assert float(out["y"][0, 0]) == 1.0
+        return tid
+
+    # neither fast (< INLINE_RUN_MAX) nor slow: in the loop, which has nothing else to do
+    assert await where("a", 0.002) == loop
+    assert await where("a", 0.002) == loop  # one caller after another run of its own
+    assert await where("a", inference.IDLE_INLINE_RUN_MAX * 2) != loop  # too slow
+    assert await where("a", 0.002) == loop
+    assert await where("b", 0.002) != loop  # another caller right after: overlap
+    assert await where("a", 0.002) == loop  # (no hold here: back in the loop)
+
+
+async def test_a_request_while_a_run_is_in_a_worker_thread_goes_to_a_worker_too(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inference, "CONTENTION_HOLD", 3600.0)
+    svc = service(node)
+    await svc.start()
+    await svc.offer(node.publish_onnx(models.scale(1.0), "m", 1))
+    await svc.offer(node.publish_onnx(models.scale(2.0), "n", 1))
+    held_served, other = svc.serving("m"), svc.serving("n")
+    held = _HeldSession(held_served.session)
+    held_served.session = held
+    held_served.run_time = math.inf  # a slow model: a worker thread
+    loop = threading.get_ident()
+    async with trio.open_nursery() as n:
+        n.start_soon(answer, svc)
+        await trio.to_thread.run_sync(held.entered.wait, 30)
+        other.run_time = 0.002
+        assert (await svc.infer_then("n", X, _thread, source="b"))[2] != loop
+        held.release.set()
+    other.run_time = 0.002  # the overlap is held against the loop for CONTENTION_HOLD
+    assert (await svc.infer_then("n", X, _thread, source="b"))[2] != loop

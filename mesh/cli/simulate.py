@@ -93,7 +93,8 @@ def simulate(
             result = sim.run(progress)
         reports.append(build_report(result, wall_s=time.perf_counter() - start))
 
-    table = Table(title=f"edgemesh simulate {scenario.name} (seed {seed})")
+    build = "compiled core" if reports[0]["core"] == "compiled" else reports[0]["core"]
+    table = Table(title=f"edgemesh simulate {scenario.name} (seed {seed}, {build})")
     table.add_column("figure")
     for rep in reports:
         table.add_column(rep["strategy"], justify="right")
@@ -127,7 +128,7 @@ def simulate(
                 f"{r['hostile']['bans_by_honest_nodes']}"
             ),
         )
-    row("events / wall", lambda r: f"{r['events']} / {r['wall_s']:.1f} s ({r['core']})")
+    row("events / wall", lambda r: f"{r['events']} / {r['wall_s']:.1f} s")
     row("trace digest", lambda r: r["trace_digest"][:16])
     console.print(table)
 

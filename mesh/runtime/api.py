@@ -26,10 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h11
 import trio
+from trio_typing import TaskStatus  # trio's own, named here by mypy's trio stubs
 
 from mesh import __version__
 from mesh.core.rollout import RolloutError
@@ -49,9 +50,6 @@ from mesh.runtime.oip import (
     split_body,
     tensor_metadata,
 )
-
-if TYPE_CHECKING:  # trio's own TaskStatus; the installed trio-typing stubs name it here
-    from trio_typing import TaskStatus
 
 #: 64 MiB: a batch of camera frames or a few seconds of audio fits; a client cannot
 #: make the node hold more than this per connection.

@@ -50,7 +50,7 @@ import mmap
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import multiaddr
 import trio
@@ -122,6 +122,7 @@ STORE_BACKLOG = 64 << 20
 #: one more read goes through.
 BACKLOG_PAUSE = 2.0
 _BACKLOG_POLL = 0.01
+_B = TypeVar("_B", bytearray, mmap.mmap)  # what a buffer pool keeps
 #: Free receive buffers kept for reuse (:class:`RecvBuffers`): about the chunks a node
 #: has arriving and being stored at once (its requests in flight, adaptive depth
 #: included, plus the store's threads), 16 MiB with 1 MiB chunks.  0: no reuse.
@@ -515,43 +516,56 @@ class ChunkTransport:
         self._sent(link.peer, item.release_id, item.index, "")
 
 
-class SendBuffers:
-    """Buffers for outgoing chunk frames, reused (trio thread only): the sender reads
-    each chunk straight into a frame buffer after its header (``read_chunk_into``),
-    instead of reading it into a new ``bytes`` and then concatenating header and
-    payload into another one (two 1 MiB allocations, zero-fills and page faults per
-    chunk, and a copy).  A buffer comes back once its frame is written; one that
-    never comes back (a broken stream) is freed by the garbage collector."""
+class _Pool(Generic[_B]):
+    """Free buffers kept for reuse by capacity (a multiple of ``grain``): at most
+    ``keep`` of them.  Trio thread only."""
 
-    #: buffers are kept by capacity, a multiple of this (frame sizes vary by a few
-    #: header bytes)
-    GRAIN = 4096
-
-    def __init__(self, keep: int = RECV_BUFFERS) -> None:
+    def __init__(self, keep: int, grain: int, new: Callable[[int], _B]) -> None:
         self.keep = keep
-        self._free: dict[int, list[bytearray]] = {}
+        self._grain = grain
+        self._new: Callable[[int], _B] = new
+        self._free: dict[int, list[_B]] = {}
         self._count = 0
-        self.reused = 0
+        self.reused = 0  # statistics for tests and benchmarks
 
-    def take(self, size: int) -> tuple[bytearray, memoryview]:
-        """A buffer of at least ``size`` bytes and a view of its first ``size``."""
-        cap = -(-size // self.GRAIN) * self.GRAIN
+    def _get(self, size: int) -> _B:
+        cap = -(-size // self._grain) * self._grain
         free = self._free.get(cap)
-        if free:
-            buf = free.pop()
-            self._count -= 1
-            self.reused += 1
-        else:
-            buf = bytearray(cap)
-        return buf, memoryview(buf)[:size]
+        if not free:
+            return self._new(cap)
+        self._count -= 1
+        self.reused += 1
+        buf: _B = free.pop()
+        return buf
 
-    def give(self, buf: bytearray) -> None:
+    def _put(self, buf: _B) -> None:
         if self._count < self.keep:
             self._free.setdefault(len(buf), []).append(buf)
             self._count += 1
 
 
-class RecvBuffers:
+class SendBuffers(_Pool[bytearray]):
+    """Buffers for outgoing chunk frames, reused (trio thread only): the sender reads
+    each chunk straight into a frame buffer after its header (``read_chunk_into``),
+    instead of reading it into a new ``bytes`` and then concatenating header and
+    payload into another one (two 1 MiB allocations, zero-fills and page faults per
+    chunk, and a copy).  A buffer comes back once its frame is written; one that
+    never comes back (a broken stream) is freed by the garbage collector.  Kept by
+    capacity, a multiple of 4 KiB (frame sizes vary by a few header bytes)."""
+
+    def __init__(self, keep: int = RECV_BUFFERS) -> None:
+        super().__init__(keep, 4096, bytearray)
+
+    def take(self, size: int) -> tuple[bytearray, memoryview]:
+        """A buffer of at least ``size`` bytes and a view of its first ``size``."""
+        buf = self._get(size)
+        return buf, memoryview(buf)[:size]
+
+    def give(self, buf: bytearray) -> None:
+        self._put(buf)
+
+
+class RecvBuffers(_Pool[mmap.mmap]):
     """Page-aligned receive buffers (anonymous ``mmap`` s), reused.
 
     A fresh buffer per chunk costs the receiving thread a 1 MiB zero-fill and a page
@@ -562,21 +576,10 @@ class RecvBuffers:
     only buffers nobody references are ever reused.  Trio thread only."""
 
     def __init__(self, keep: int = RECV_BUFFERS) -> None:
-        self.keep = keep
-        self._free: dict[int, list[mmap.mmap]] = {}
-        self._count = 0
-        self.reused = 0  # statistics for tests and benchmarks
+        super().__init__(keep, mmap.PAGESIZE, lambda cap: mmap.mmap(-1, cap))
 
     def take(self, size: int) -> memoryview:
-        cap = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-        free = self._free.get(cap)
-        if free:
-            buf = free.pop()
-            self._count -= 1
-            self.reused += 1
-        else:
-            buf = mmap.mmap(-1, cap)
-        return memoryview(buf)[:size]
+        return memoryview(self._get(size))[:size]
 
     def give(self, payload: object) -> None:
         """Take back a payload of :meth:`take` that nobody uses any more (other
@@ -585,9 +588,7 @@ class RecvBuffers:
             return
         buf = payload.obj
         payload.release()
-        if self._count < self.keep:
-            self._free.setdefault(len(buf), []).append(buf)
-            self._count += 1
+        self._put(buf)
 
 
 class _ChunkReader:

@@ -13,6 +13,7 @@ Rules (DESIGN §3, notes/py-libp2p-0.8.1.md):
   dials between the same pair leave two connections.
 * Listen on concrete addresses: ``0.0.0.0`` would be advertised to peers, who cannot
   dial it, so it is expanded into the machine's interface addresses.
+* Noise messages are read with one wake-up each (:mod:`mesh.runtime.noiseread`).
 * Leaving :func:`open_host` always closes the host (else 3 fds leak per host and the
   remote keeps the connection).
 
@@ -44,6 +45,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from mesh.datadir import write_file_atomic
 from mesh.errors import ConfigError
+from mesh.runtime import noiseread
 
 SEED_FILE = "ed25519.seed"
 
@@ -109,6 +111,7 @@ async def _no_auto_connect(nursery: trio.Nursery) -> None:
 
 
 def _new_host(key_pair: KeyPair, psk: str | None) -> Any:
+    noiseread.install()  # one wake-up per Noise message (ADR 0006)
     noise = NoiseTransport(key_pair, noise_privkey=x25519_keypair().private_key)
     host = new_host(
         key_pair=key_pair,

@@ -85,6 +85,9 @@ _BIT_REVERSE = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 MAX_HEADS = 256
 MAX_REJECTED = 1024
 MAX_CANDIDATES = 512  # discovered peers remembered for dialling
+#: A requester holding fewer chunks of a release than this is a newcomer: one newcomer
+#: at a time is queued past the upload slots and served next (ADR 0007).  0: off.
+NEWCOMER_CHUNKS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +367,7 @@ class MeshNode:
         self._down_bucket = TokenBucket(config.download_rate, 4 * 1024 * 1024, now=now)
         self._uploading_total = 0
         self._queued = 0  # requests waiting in the peers' upload queues
+        self._newcomer: PeerId | None = None  # a peer holding nothing, served next
         self._requests: dict[tuple[ReleaseId, int, PeerId], float] = {}  # chunk requests out
         # when the first of them times out (None: to be computed; a request ending
         # or a peer's timeout changing resets it, a new request only lowers it)
@@ -691,6 +695,8 @@ class MeshNode:
             heapq.heappush(self._backoff_heap, (-math.inf, peer))  # ended: see next_deadline
         self._uploading_total -= p.uploading
         self._queued -= len(p.queue)
+        if peer == self._newcomer:
+            self._newcomer = None
         self._extra_total -= p.extra
         for rid, bits in p.have.items():
             s = self._swarms.get(rid)
@@ -931,6 +937,20 @@ class MeshNode:
         # (without a rate limit the queue is empty while a slot is free)
         c = self.config
         up = self._uploading_total
+        if (
+            self._newcomer is None
+            and not p.queue
+            and NEWCOMER_CHUNKS > 0
+            and p.have.get(s.rid, 0).bit_count() + p.uploading < NEWCOMER_CHUNKS
+        ):
+            # a peer that holds (almost) nothing and gets nothing from us yet is served
+            # next: once it holds chunks it uploads too, instead of the early holders
+            # trading only among themselves while it waits (ADR 0007, "Newcomers")
+            self._newcomer = p.id
+            p.queue.append((msg.release_id, msg.index))
+            self._queued += 1
+            self._serve_uploads()
+            return
         if (up >= c.upload_slots or c.upload_rate is not None) and len(p.queue) >= p.up_extra:
             queued = (
                 0  # every slot busy and no queue: BUSY, whatever is queued
@@ -951,6 +971,8 @@ class MeshNode:
         with contextlib.suppress(ValueError):
             p.queue.remove((msg.release_id, msg.index))
             self._queued -= 1
+        if p.id == self._newcomer and not p.queue:
+            self._newcomer = None
 
     def _msg_reject(self, p: _Peer, msg: Reject) -> None:
         rid, index = msg.release_id, msg.index
@@ -1489,12 +1511,18 @@ class MeshNode:
                 return
             if not self._queued:
                 return
-            waiting = [p for p in self._peers.values() if p.queue]
-            # round robin by least recently served: the peer we are sending least to
-            # penalised peers last, then the peer we are sending least to
-            p = min(waiting, key=lambda q: (q.penalty, q.uploading, q.bytes_to))
+            first = self._peers.get(self._newcomer) if self._newcomer is not None else None
+            if first is not None and first.queue:
+                p = first
+            else:
+                waiting = [p for p in self._peers.values() if p.queue]
+                # round robin by least recently served: the peer we are sending least to
+                # penalised peers last, then the peer we are sending least to
+                p = min(waiting, key=lambda q: (q.penalty, q.uploading, q.bytes_to))
             rid, index = p.queue.popleft()
             self._queued -= 1
+            if p.id == self._newcomer:
+                self._newcomer = None
             s = self._swarms.get(rid)
             if s is None or not s.have >> index & 1:
                 self._send(p.id, Reject(RejectCode.NOT_HAVE, rid, index))

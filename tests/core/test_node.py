@@ -1259,6 +1259,7 @@ def test_a_peer_caught_lying_cannot_readvertise_the_chunk() -> None:
 
 def test_without_an_upload_queue_a_request_is_served_or_turned_away_at_once() -> None:
     s = Scripted(upload_slots=1, upload_queue_total=0)
+    s.send(Have(RID, b"\x1f\xc0"))  # mallory holds chunks 3..9: not a newcomer
     s.net.receive("mallory", "v", wire.encode(ChunkRequest(RID, 0)))
     s.net.receive("mallory", "v", wire.encode(ChunkRequest(RID, 1)))  # the slot is taken
     s.net.run_for(0.01)
@@ -1283,3 +1284,67 @@ def test_a_fetching_peer_is_not_told_about_chunks_it_holds(fetching: bool) -> No
     told = [m for m in s.inbox() if isinstance(m, HaveUpdate) and index in m.indexes]
     # a peer that never asked us for anything may be a super-seed counting who holds what
     assert bool(told) is not fetching
+
+
+def _two_requesters(**cfg: Any) -> Swarm:
+    """A victim holding chunks 0..2 and two hand-driven peers: ``old`` holds chunks
+    3..9, ``new`` holds nothing."""
+    net = Swarm()
+    net.add("v", config(ban_threshold=100.0, **cfg), have=V1, present=(0, 1, 2))
+    for peer in ("old", "new"):
+        net.scripted(peer)
+        net.connect(peer, "v")
+    net.run_for(0.01)
+    for peer in ("old", "new"):
+        net.receive(peer, "v", wire.encode(Hello(MESH, PROTOCOL_VERSION, ())))
+    net.receive("old", "v", wire.encode(Have(RID, b"\x1f\xc0")))
+    net.run_for(0.01)
+    return net
+
+
+def _got(net: Swarm, peer: str) -> list[Message]:
+    return [m for _, m in net.drivers[peer].inbox]
+
+
+def test_a_newcomer_is_served_next_where_a_holder_is_turned_away() -> None:
+    """Every upload slot busy: a peer holding chunks is told BUSY, a peer holding
+    nothing waits for the next free slot (it uploads too once it holds something)."""
+    net = _two_requesters(upload_slots=1, upload_queue_total=0)
+    net.receive("old", "v", wire.encode(ChunkRequest(RID, 0)))  # takes the one slot
+    net.receive("old", "v", wire.encode(ChunkRequest(RID, 1)))
+    net.receive("new", "v", wire.encode(ChunkRequest(RID, 2)))
+    net.run_for(1.0)
+    assert Reject(RejectCode.BUSY, RID, 1) in _got(net, "old")
+    assert any(isinstance(m, ChunkData) and m.index == 2 for m in _got(net, "new"))
+    assert not any(isinstance(m, Reject) for m in _got(net, "new"))
+
+
+def test_a_newcomer_jumps_the_queue_once_not_for_every_request() -> None:
+    """One newcomer request at a time: a second one while the first waits or is being
+    sent is handled like anyone's (here: BUSY)."""
+    net = _two_requesters(upload_slots=1, upload_queue_total=0)
+    net.receive("old", "v", wire.encode(ChunkRequest(RID, 0)))
+    net.receive("new", "v", wire.encode(ChunkRequest(RID, 1)))
+    net.receive("new", "v", wire.encode(ChunkRequest(RID, 2)))
+    net.run_for(1.0)
+    got = _got(net, "new")
+    assert any(isinstance(m, ChunkData) and m.index == 1 for m in got)
+    assert Reject(RejectCode.BUSY, RID, 2) in got
+
+
+def test_a_newcomer_that_leaves_frees_its_place() -> None:
+    net = _two_requesters(upload_slots=1, upload_queue_total=0)
+    net.receive("old", "v", wire.encode(ChunkRequest(RID, 0)))
+    net.receive("new", "v", wire.encode(ChunkRequest(RID, 1)))  # waits for the slot
+    net.disconnect("new", "v")
+    net.run_for(1.0)
+    net.scripted("late")
+    net.connect("late", "v")
+    net.run_for(0.01)
+    net.receive("late", "v", wire.encode(Hello(MESH, PROTOCOL_VERSION, ())))
+    net.receive("old", "v", wire.encode(ChunkRequest(RID, 2)))  # takes the slot again
+    net.receive("late", "v", wire.encode(ChunkRequest(RID, 1)))  # the next newcomer
+    net.run_for(1.0)
+    got = _got(net, "late")
+    assert any(isinstance(m, ChunkData) and m.index == 1 for m in got)
+    assert not any(isinstance(m, Reject) for m in got)

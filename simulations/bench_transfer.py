@@ -19,7 +19,11 @@ it, and it is much less sensitive to other load than the rates are.  With ``--rs
 RSS (the target is about memory, not speed).
 
 The seed's chunk files are read once before the rounds (page cache warm, as for a
-seed that has served them before); the joiner's data dir is deleted after each round.
+seed that has served them before).  Every round's joiner data dir is kept until the
+end: on an ext4 without a journal (this machine's) a file created within a minute or
+so of mass deletions walks past every recently freed inode, so deleting a round's
+chunks made the next round's chunk files ~0.7 CPU-s dearer (ADR 0006, "The disk");
+leave several minutes between runs for the same reason.
 The machine is shared, so ``load_avg_1m`` is recorded at start and end: compare
 ratios, not absolute rates, and only within one run.
 
@@ -493,7 +497,6 @@ def _round_chunks(
         res = join.finish()
     finally:
         sres = seed.finish()
-        shutil.rmtree(join_dir, ignore_errors=True)
     if res["bytes"] < total:
         raise SystemExit(f"joiner downloaded {res['bytes']} bytes, expected {total}")
     res["sender_cpu_s"] = sres["cpu_s"]
@@ -538,12 +541,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 f"joiner rss {out['chunks']['maxrss_mb']:.0f} MB; "
                 f"load {out['load_avg_1m']:.2f})"
             )
-        shutil.rmtree(seed_dir, ignore_errors=True)
         rss_run: dict[str, Any] | None = None
         if a.rss_gib > 0:
             big_dir, big = _prepare_seed(tmp, a.rss_gib << 30, chunk_size, "rss")
             rss_run = _round_chunks(a, tmp, big_dir, big, "rss")
-            shutil.rmtree(big_dir, ignore_errors=True)
             _log(
                 f"{big / _MB:.0f} MB release: {rss_run['mb_s']:.1f} MB/s, "
                 f"joiner peak RSS {rss_run['maxrss_mb']:.0f} MB"

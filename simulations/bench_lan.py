@@ -7,7 +7,10 @@ devices, every link 50 Mbit/s, a 96 MiB model in 1 MiB chunks), each a real
 ``tc tbf`` (upload on the node's ``eth0``, download on its switch port).  The
 scenario file is the single description of the network: this script builds the
 namespaces from it, then runs ``edgemesh simulate`` on the same file, so the real
-run and the simulated one always describe the same N, rates, chunk and model size.
+run and the simulated one always describe the same N, rates, chunk and model size, and
+the same node tuning: the scenario's ``[node]`` and ``[seed.config]`` tables are written
+into the real devices' and seed's config files (``node.toml``, ``seed.toml`` in the work
+dir).
 
 How:
 1. Generate the model (``edgemesh example-model``), publish it into the seed's data
@@ -63,13 +66,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from mesh.core.node import NodeConfig  # noqa: E402
 from mesh.sim.scenario import MBIT, Scenario, load_scenario  # noqa: E402
 from tests.netns import Lan, NetNode, NetnsUnavailable, Proc, check_available, stop  # noqa: E402
 
@@ -217,6 +221,35 @@ def _wait_ready(data_dir: Path, p: Proc, timeout: float) -> None:
     raise SystemExit(f"{p.node.ns} not up after {timeout:.0f} s")
 
 
+def _node_toml(cfg: NodeConfig, path: Path) -> Path:
+    """A node config file with the fields of ``cfg`` (the scenario's ``[node]`` or
+    ``[seed.config]``) that differ from the defaults, so the real nodes run with the
+    same tuning as the simulated ones: rate limits as ``upload_limit_mbit`` /
+    ``download_limit_mbit``, the rest in ``[node]``."""
+    default = NodeConfig()
+    lines = [
+        f"{key} = {rate * 8 / 1e6}"  # bytes/s in the core, Mbit/s in the config file
+        for key, rate in (
+            ("upload_limit_mbit", cfg.upload_rate),
+            ("download_limit_mbit", cfg.download_rate),
+        )
+        if rate is not None
+    ]
+    lines.append("[node]")
+    for f in fields(NodeConfig):
+        value = getattr(cfg, f.name)
+        if f.name in _NOT_IN_NODE_TABLE or value == getattr(default, f.name):
+            continue
+        lines.append(f"{f.name} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+#: NodeConfig fields a node's config file does not take in ``[node]`` (the mesh name
+#: and super-seeding come from the command; rate limits are top-level keys).
+_NOT_IN_NODE_TABLE = ("mesh", "super_seed", "upload_rate", "download_rate")
+
+
 def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> dict[str, Any]:
     key, model = work / "publisher.key", work / "model.onnx"
     size_mib = sc.model_bytes / (1 << 20)
@@ -260,6 +293,8 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
         }
         _log(f"goodput {goodput}")
         joins: list[tuple[NetNode, Proc, Path]] = []
+        node_cfg = _node_toml(sc.node, work / "node.toml")
+        seed_cfg = _node_toml(sc.seed_node, work / "seed.toml")
         for node in dev_nodes:
             d = work / f"dev{node.index}"
             argv = [
@@ -273,6 +308,8 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
                 f"/ip4/{node.ip}/tcp/{P2P_PORT}",
                 "--mdns-interface",
                 node.ip,
+                "--config",
+                str(node_cfg),
             ]
             joins.append((node, lan.popen(node, argv, name=f"join{node.index}", env=env), d))
         for _, p, d in joins:
@@ -300,6 +337,8 @@ def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> di
             "--until-copies",
             str(n),
             "--json",
+            "--config",
+            str(seed_cfg),
         ]
         seed = lan.popen(seed_node, seed_argv, name="seed", env=env)
         seed_cpu = seed_wait = 0.0

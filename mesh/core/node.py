@@ -131,7 +131,8 @@ class NodeConfig:
     #: we answer BUSY: a requester then asks another holder instead of waiting.  0:
     #: no queue -- a request the node cannot serve at once is turned away within one
     #: round trip, so no request slot of the requester sits idle in a queue while
-    #: other holders have free upload slots.
+    #: other holders have free upload slots.  (One request of a newcomer, a peer that
+    #: holds nothing yet, is queued regardless: NEWCOMER_CHUNKS.)
     upload_queue_per_peer: int = 4
     upload_queue_total: int = 0
     #: Keep about this many seconds of a fast peer's measured rate in flight: a peer
@@ -311,6 +312,8 @@ class _Peer:
     up_rate: BusyRate | None = None
     extra: int = 0
     up_extra: int = 0
+    # releases for which it was served once as a newcomer (see _msg_chunk_request)
+    newcomer_served: set[ReleaseId] = field(default_factory=set)
 
     def has(self, rid: ReleaseId, index: int) -> bool:
         return bool(self.have.get(rid, 0) >> index & 1)
@@ -941,11 +944,15 @@ class MeshNode:
             self._newcomer is None
             and not p.queue
             and NEWCOMER_CHUNKS > 0
+            and p.penalty == 0.0
+            and s.rid not in p.newcomer_served
             and p.have.get(s.rid, 0).bit_count() + p.uploading < NEWCOMER_CHUNKS
         ):
             # a peer that holds (almost) nothing and gets nothing from us yet is served
             # next: once it holds chunks it uploads too, instead of the early holders
-            # trading only among themselves while it waits (ADR 0007, "Newcomers")
+            # trading only among themselves while it waits (ADR 0007, "Newcomers").
+            # Once per release and peer: its have-set is what it tells us, so a peer
+            # that never reports what it got cannot keep jumping the queue.
             self._newcomer = p.id
             p.queue.append((msg.release_id, msg.index))
             self._queued += 1
@@ -1523,6 +1530,7 @@ class MeshNode:
             self._queued -= 1
             if p.id == self._newcomer:
                 self._newcomer = None
+                p.newcomer_served.add(rid)
             s = self._swarms.get(rid)
             if s is None or not s.have >> index & 1:
                 self._send(p.id, Reject(RejectCode.NOT_HAVE, rid, index))

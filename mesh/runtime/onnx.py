@@ -9,9 +9,10 @@ Rules:
   Measured on the 50 MB MLP of ``bench_inference``: 2.65-3.5 ms per run with 4 KiB
   pages, different for every session (where its pages happened to land), 2.27-2.39 ms
   once they are collapsed into 2 MiB pages.  The memory mappings that appeared while
-  the session loaded (its weights) are collapsed with ``MADV_COLLAPSE`` before the
-  session is returned, off the serving path; where the kernel refuses (no THP, an old
-  kernel, another OS) nothing changes.
+  the session loaded and are nearly fully resident (its weights; not another thread's
+  stack) are collapsed with ``MADV_COLLAPSE`` before the session is returned, off the
+  serving path.  Nothing changes where THP is switched off (``never``) or the kernel
+  refuses (an old kernel, another OS).
 
 Non-goals: activation policy (the core's rollout state machine decides).
 """
@@ -48,31 +49,53 @@ def new_session(path: Path, *, threads: int = 1) -> ort.InferenceSession:
     return session
 
 
-def _anon_mappings() -> set[tuple[int, int]] | None:
-    """The process's writable anonymous mappings (start, end) of at least
-    ``HUGE_MIN_BYTES``, or None where there is no ``/proc/self/maps`` (not Linux)."""
-    if not sys.platform.startswith("linux"):
+def _anon_mappings() -> dict[tuple[int, int], int] | None:
+    """The process's writable anonymous mappings of at least ``HUGE_MIN_BYTES``:
+    (start, end) -> resident bytes; None where there is no ``/proc/self/smaps`` (not
+    Linux) or huge pages are switched off (``transparent_hugepage/enabled`` is
+    ``never``: the administrator's choice, which ``MADV_COLLAPSE`` would ignore)."""
+    if not sys.platform.startswith("linux") or _thp_never():
         return None
-    out: set[tuple[int, int]] = set()
+    out: dict[tuple[int, int], int] = {}
+    current: tuple[int, int] | None = None
     try:
-        with open("/proc/self/maps") as f:
+        with open("/proc/self/smaps") as f:
             for line in f:
-                parts = line.split()
-                if len(parts) < 5 or "w" not in parts[1]:
+                if current is not None and line.startswith("Rss:"):
+                    out[current] = int(line.split()[1]) * 1024
+                    current = None
                     continue
-                if len(parts) > 5:
-                    continue  # a file, the heap (which may hold freed space), the stack
+                parts = line.split()
+                if not parts or "-" not in parts[0] or len(parts) < 5:
+                    continue  # a field line
+                current = None
+                if "w" not in parts[1] or len(parts) > 5:
+                    continue  # read-only, a file, the heap (may hold freed space), stack
                 lo, hi = (int(v, 16) for v in parts[0].split("-"))
                 if hi - lo >= HUGE_MIN_BYTES:
-                    out.add((lo, hi))
-    except OSError:
+                    current = (lo, hi)
+    except (OSError, ValueError):
         return None
     return out
 
 
-def collapse_new_mappings(before: set[tuple[int, int]]) -> int:
-    """Ask the kernel to back the large anonymous mappings that are not in ``before``
-    with huge pages; the bytes it collapsed (0 where it cannot)."""
+def _thp_never() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" in f.read()
+    except OSError:
+        return False
+
+
+#: Only mappings at least this full are collapsed: loaded weights are written in full,
+#: while a thread's stack or an allocator's reserve (also mapped during a load, by other
+#: threads) is mostly untouched, and collapsing it would make all of it resident.
+RESIDENT_MIN = 0.9
+
+
+def collapse_new_mappings(before: dict[tuple[int, int], int]) -> int:
+    """Ask the kernel to back the large, nearly fully resident anonymous mappings that
+    are not in ``before`` with huge pages; the bytes it collapsed (0 where it cannot)."""
     after = _anon_mappings()
     if not after:
         return 0
@@ -83,9 +106,9 @@ def collapse_new_mappings(before: set[tuple[int, int]]) -> int:
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     done = 0
     known = {lo for lo, _ in before}
-    for lo, hi in sorted(after):
-        if lo in known:
-            continue  # it was there before the session: not its weights
+    for (lo, hi), resident in sorted(after.items()):
+        if lo in known or resident < RESIDENT_MIN * (hi - lo):
+            continue  # there before the session, or mostly untouched: not its weights
         start = (lo + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
         end = hi & ~(_HUGE_PAGE - 1)
         if end <= start:

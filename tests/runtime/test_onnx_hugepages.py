@@ -52,7 +52,7 @@ def test_only_mappings_made_since_the_snapshot_are_collapsed() -> None:
     region.write(b"\x01" * len(region))  # touched, like loaded weights
     try:
         # the region existed when this snapshot was taken: left alone
-        assert ox.collapse_new_mappings(ox._anon_mappings() or set()) == 0
+        assert ox.collapse_new_mappings(ox._anon_mappings() or {}) == 0
         huge_before = _anon_huge_kib()
         done = ox.collapse_new_mappings(before)
         if done == 0:
@@ -64,7 +64,24 @@ def test_only_mappings_made_since_the_snapshot_are_collapsed() -> None:
         region.close()
 
 
+@linux
+def test_a_mostly_untouched_mapping_is_left_alone() -> None:
+    """Another thread's stack or an allocator's reserve, mapped while a session loads,
+    is not made resident by a collapse."""
+    if _thp_mode() in ("never", "absent"):
+        pytest.skip(f"transparent huge pages are {_thp_mode()} here")
+    before = ox._anon_mappings()
+    assert before is not None
+    region = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        for off in range(0, len(region), 2 << 20):  # one page touched per 2 MiB
+            region[off] = 1
+        assert ox.collapse_new_mappings(before) == 0
+    finally:
+        region.close()
+
+
 def test_without_proc_maps_nothing_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert ox._anon_mappings() is None
-    assert ox.collapse_new_mappings(set()) == 0
+    assert ox.collapse_new_mappings({}) == 0

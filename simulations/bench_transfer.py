@@ -23,7 +23,10 @@ seed that has served them before).  Every round's joiner data dir is kept until 
 end: on an ext4 without a journal (this machine's) a file created within a minute or
 so of mass deletions walks past every recently freed inode, so deleting a round's
 chunks made the next round's chunk files ~0.7 CPU-s dearer (ADR 0006, "The disk");
-leave several minutes between runs for the same reason.
+leave several minutes between runs for the same reason.  The work dir therefore needs
+room for every round plus the RSS run (about 5.5 GiB with the defaults).  The joiner
+writes with ``O_DIRECT`` and fsyncs each chunk, so a round leaves nothing dirty for the
+next one to flush.
 The machine is shared, so ``load_avg_1m`` is recorded at start and end: compare
 ratios, not absolute rates, and only within one run.
 

@@ -93,6 +93,30 @@ async def test_a_trickled_message_is_read_whole_in_few_reads() -> None:
         assert await noiseread.read_noise_msg(rw) == b"abc"
 
 
+async def test_a_wait_past_the_limit_reads_the_rest_the_plain_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the kernel would not report the socket readable in time (or the link is
+    very slow), the raised mark is dropped after LOWAT_WAIT and the message still
+    arrives whole."""
+    monkeypatch.setattr(noiseread, "LOWAT_WAIT", 0.01)
+    body = b"slow" * 2500
+    async with _pair() as (writer, conn):
+        rw = NoisePacketReadWriter(conn)
+        async with trio.open_nursery() as nursery:
+
+            async def slowly() -> None:
+                data = len(body).to_bytes(2, "big") + body
+                for i in range(0, len(data), 2000):
+                    await writer.send_all(data[i : i + 2000])
+                    await trio.sleep(0.03)  # longer than the limit, every time
+
+            nursery.start_soon(slowly)
+            with trio.fail_after(10):
+                assert await noiseread.read_noise_msg(rw) == body
+        assert _lowat(conn) == 1
+
+
 async def test_end_of_stream_mid_message_is_an_incomplete_read() -> None:
     async with _pair() as (writer, conn):
         rw = NoisePacketReadWriter(conn)

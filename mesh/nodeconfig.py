@@ -18,6 +18,10 @@ from mesh.tomltable import Table, load_toml, override_dataclass
 DEFAULT_PORT = 4101
 DEFAULT_API = "127.0.0.1:8470"
 MBIT = 1_000_000 / 8
+#: NodeConfig fields the ``[node]`` table does not take: the mesh name and
+#: super-seeding come from the command, rate limits from the top-level
+#: ``upload_limit_mbit`` / ``download_limit_mbit``.
+NOT_IN_NODE_TABLE = ("mesh", "super_seed", "upload_rate", "download_rate")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -86,9 +90,7 @@ def load_node_config(path: Path) -> NodeFileConfig:
     cfg.log_level = top.get("log_level", str, "info")
     if cfg.log_level not in LOG_LEVELS:
         raise top.error(f"'log_level' must be one of {', '.join(LOG_LEVELS)}")
-    cfg.node = override_dataclass(
-        top.table("node"), cfg.node, exclude=("mesh", "super_seed", "upload_rate", "download_rate")
-    )
+    cfg.node = override_dataclass(top.table("node"), cfg.node, exclude=NOT_IN_NODE_TABLE)
     top.done()
     return cfg
 

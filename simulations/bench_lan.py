@@ -74,6 +74,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mesh.core.node import NodeConfig  # noqa: E402
+from mesh.nodeconfig import NOT_IN_NODE_TABLE  # noqa: E402
 from mesh.sim.scenario import MBIT, Scenario, load_scenario  # noqa: E402
 from tests.netns import Lan, NetNode, NetnsUnavailable, Proc, check_available, stop  # noqa: E402
 
@@ -228,7 +229,7 @@ def _node_toml(cfg: NodeConfig, path: Path) -> Path:
     ``download_limit_mbit``, the rest in ``[node]``."""
     default = NodeConfig()
     lines = [
-        f"{key} = {rate * 8 / 1e6}"  # bytes/s in the core, Mbit/s in the config file
+        f"{key} = {rate / MBIT}"  # bytes/s in the core, Mbit/s in the config file
         for key, rate in (
             ("upload_limit_mbit", cfg.upload_rate),
             ("download_limit_mbit", cfg.download_rate),
@@ -238,16 +239,11 @@ def _node_toml(cfg: NodeConfig, path: Path) -> Path:
     lines.append("[node]")
     for f in fields(NodeConfig):
         value = getattr(cfg, f.name)
-        if f.name in _NOT_IN_NODE_TABLE or value == getattr(default, f.name):
+        if f.name in NOT_IN_NODE_TABLE or value == getattr(default, f.name):
             continue
         lines.append(f"{f.name} = {json.dumps(value)}")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-#: NodeConfig fields a node's config file does not take in ``[node]`` (the mesh name
-#: and super-seeding come from the command; rate limits are top-level keys).
-_NOT_IN_NODE_TABLE = ("mesh", "super_seed", "upload_rate", "download_rate")
 
 
 def run_lan(sc: Scenario, work: Path, timeout: float, env: dict[str, str]) -> dict[str, Any]:

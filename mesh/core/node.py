@@ -954,11 +954,7 @@ class MeshNode:
             # Once per release and peer: its have-set is what it tells us, so a peer
             # that never reports what it got cannot keep jumping the queue.
             self._newcomer = p.id
-            p.queue.append((msg.release_id, msg.index))
-            self._queued += 1
-            self._serve_uploads()
-            return
-        if (up >= c.upload_slots or c.upload_rate is not None) and len(p.queue) >= p.up_extra:
+        elif (up >= c.upload_slots or c.upload_rate is not None) and len(p.queue) >= p.up_extra:
             queued = (
                 0  # every slot busy and no queue: BUSY, whatever is queued
                 if up >= c.upload_slots and c.upload_queue_total <= 0

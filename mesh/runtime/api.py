@@ -30,7 +30,10 @@ from typing import Any
 
 import h11
 import trio
-from trio_typing import TaskStatus  # trio's own, named here by mypy's trio stubs
+
+# trio-typing (a py-libp2p dependency) installs trio-stubs, which mypy reads instead of
+# trio's own annotations; TaskStatus is defined there.
+from trio_typing import TaskStatus
 
 from mesh import __version__
 from mesh.core.rollout import RolloutError

@@ -96,6 +96,17 @@ class ChunkStored(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkArriving(Event):
+    """The first bytes of a chunk from ``peer`` arrived (its frame header was read);
+    the rest is on its way.  Optional: the scheduler uses it to measure how long a
+    request waits before its data starts to flow (see ``NodeConfig.start_cover_max``)."""
+
+    peer: PeerId
+    release_id: ReleaseId
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkSent(Event):
     """The driver finished sending a chunk (an upload slot is free again)."""
 

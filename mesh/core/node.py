@@ -51,7 +51,7 @@ from typing import Any
 from mesh.core import actions as A
 from mesh.core import events as E
 from mesh.core.announce import Announcement
-from mesh.core.pipeline import BusyRate, extra_depth
+from mesh.core.pipeline import BusyRate, cover_depth, extra_depth
 from mesh.core.ratelimit import TokenBucket
 from mesh.core.trust import SignedRelease, TrustStore
 from mesh.core.wire import (
@@ -88,6 +88,11 @@ MAX_CANDIDATES = 512  # discovered peers remembered for dialling
 #: A requester holding fewer chunks of a release than this is a newcomer: one newcomer
 #: at a time is queued past the upload slots and served next (ADR 0007).  0: off.
 NEWCOMER_CHUNKS = 1
+#: The request cover's wait and transfer times: averaged over the first COVER_SAMPLES
+#: chunks (the first one alone can be far off: a request queued while the swarm
+#: starts, a chunk read late and then all at once), then smoothed with COVER_GAIN.
+COVER_SAMPLES = 4
+COVER_GAIN = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,12 @@ class NodeConfig:
     pipeline_time: float = 0.06
     #: ... and at most this many extra per peer.
     max_pipeline: int = 8
+    #: At most this many requests beyond max_requests that cover the wait before a
+    #: requested chunk starts to arrive: max_requests * wait / transfer, measured
+    #: (mesh/core/pipeline.py, cover_depth).  Where links queue (a shaped 50 Mbit/s
+    #: LAN: ~0.1 s of wait against ~0.6 s of transfer) that is one more; where the
+    #: wait is negligible, none.  0 turns it off.
+    start_cover_max: int = 1
     #: Batch have-updates this long: fewer messages, slightly later availability.
     have_interval: float = 0.02
     #: Request timeout: max(min, factor x this peer's typical delivery time).
@@ -199,6 +210,12 @@ class NodeStatistics:
     corrupt_chunks: int
     requests_timed_out: int
     banned: tuple[PeerId, ...]
+    #: Smoothed seconds from a chunk request to its first bytes, and from those to
+    #: the whole chunk (None before COVER_SAMPLES chunks were measured), and the
+    #: requests beyond max_requests that cover the wait (NodeConfig.start_cover_max).
+    request_wait_s: float | None = None
+    request_transfer_s: float | None = None
+    request_cover: int = 0
 
 
 class _Swarm:
@@ -391,6 +408,14 @@ class MeshNode:
         self._slots: list[_Peer | None] = []
         self._free_slots: list[int] = []
         self._extra_total = 0  # sum of the peers' extra (adaptive pipelining)
+        # requests covering the wait before data flows (pipeline.cover_depth): when the
+        # first bytes of each outstanding request arrived, and the smoothed wait and
+        # transfer times of full-size chunks
+        self._arrived: dict[tuple[ReleaseId, int, PeerId], float] = {}
+        self._wait_ewma = 0.0
+        self._xfer_ewma = 0.0
+        self._cover_samples = 0
+        self._cover = 0
         self._stats = {
             "bytes_up": 0,
             "bytes_down": 0,
@@ -415,7 +440,8 @@ class MeshNode:
         if handler is None:
             raise LocalProtocolError(f"MeshNode cannot handle {type(event).__name__}")
         handler(self, event)
-        self._schedule()
+        if not isinstance(event, E.ChunkArriving):  # only measured: nothing to schedule
+            self._schedule()
 
     def receive(self, peer: PeerId, message: Message, *, now: float) -> None:
         """``handle(MessageReceived(peer, message), now=now)`` without the event
@@ -464,7 +490,8 @@ class MeshNode:
                 if h.next_try < best and not self._manifest_pending(h.release_id):
                     best = h.next_try
         heap = self._backoff_heap
-        if heap and len(self._requests) < c.max_requests + c.rare_requests:
+        limit = c.max_requests + self._extra_total + self._cover + c.rare_requests
+        if heap and len(self._requests) < limit:
             # the end of a backoff matters only with a request slot free: otherwise the
             # next pass (a slot frees on an event) sees the peer free again
             if heap[0][0] <= self._now:
@@ -550,6 +577,9 @@ class MeshNode:
             corrupt_chunks=self._stats["corrupt"],
             requests_timed_out=self._stats["timeouts"],
             banned=tuple(sorted(p for p, until in self._banned.items() if until > self._now)),
+            request_wait_s=self._wait_ewma if self._cover_samples >= COVER_SAMPLES else None,
+            request_transfer_s=self._xfer_ewma if self._cover_samples >= COVER_SAMPLES else None,
+            request_cover=self._cover,
         )
 
     def heads(self) -> tuple[Head, ...]:
@@ -1017,6 +1047,8 @@ class MeshNode:
         p.bytes_from += size
         self._stats["bytes_down"] += size
         if sent is not None:
+            if self._arrived:
+                self._measure_cover(p, s, (msg.release_id, msg.index, p.id), sent, size)
             self._unrequest(msg.release_id, msg.index, p.id)
             elapsed = max(self._now - sent, 1e-6)
             p.delivery_ewma = (
@@ -1251,7 +1283,42 @@ class MeshNode:
 
     # == scheduling ==========================================================================
 
+    def _on_chunk_arriving(self, ev: E.ChunkArriving) -> None:
+        key = (ev.release_id, ev.index, ev.peer)
+        if key in self._requests and key not in self._arrived:
+            self._arrived[key] = self._now
+
+    def _measure_cover(
+        self, p: _Peer, s: _Swarm, key: tuple[ReleaseId, int, PeerId], sent: float, size: int
+    ) -> None:
+        """A requested chunk is complete: fold its wait (request to first bytes) and
+        transfer time into the averages, and re-size the request cover."""
+        arrived = self._arrived.get(key)
+        if arrived is None or size < s.lengths[0] or p.bytes_from == size:
+            # no arrival reported; the short last chunk; or the peer's first chunk,
+            # which also waited for its data stream to open and was read in one piece
+            return
+        wait, xfer = arrived - sent, self._now - arrived
+        n = self._cover_samples
+        if n < COVER_SAMPLES:
+            n += 1
+            self._cover_samples = n
+            self._wait_ewma += (wait - self._wait_ewma) / n  # running means
+            self._xfer_ewma += (xfer - self._xfer_ewma) / n
+            if n < COVER_SAMPLES:
+                return
+        else:
+            self._wait_ewma += COVER_GAIN * (wait - self._wait_ewma)
+            self._xfer_ewma += COVER_GAIN * (xfer - self._xfer_ewma)
+        c = self.config
+        cover = cover_depth(c.max_requests, self._wait_ewma, self._xfer_ewma, c.start_cover_max)
+        if cover > self._cover:
+            self._sched_full = True  # room for more requests
+        self._cover = cover
+
     def _unrequest(self, rid: ReleaseId, index: int, peer: PeerId) -> None:
+        if self._arrived:
+            self._arrived.pop((rid, index, peer), None)
         p = self._peers.get(peer)
         if p is not None:
             p.inflight.pop((rid, index), None)
@@ -1322,7 +1389,7 @@ class MeshNode:
         took every opportunity the others offered."""
         c = self.config
         extra = self._extra_total
-        max_requests = c.max_requests + extra
+        max_requests = c.max_requests + extra + self._cover
         limit = max_requests + c.rare_requests
         if len(self._requests) >= limit:
             return
@@ -1679,6 +1746,7 @@ _HANDLERS: dict[type[E.Event], Any] = {
     E.LocalRelease: MeshNode._on_local_release,
     E.ChunkStored: MeshNode._on_chunk_stored,
     E.ChunkSent: MeshNode._on_chunk_sent,
+    E.ChunkArriving: MeshNode._on_chunk_arriving,
     E.ChunkUnavailable: MeshNode._on_chunk_unavailable,
 }
 

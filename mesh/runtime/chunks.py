@@ -180,6 +180,7 @@ class ChunkTransport:
         sent: Callable[[str, ReleaseId, int, str], None],
         max_frame: int | None = None,
         backlog: Callable[[], int] = lambda: 0,
+        arriving: Callable[[str, ReleaseId, int], None] | None = None,
     ) -> None:
         self.host = host
         self.me = host.get_id().to_string()
@@ -193,6 +194,7 @@ class ChunkTransport:
         self._sent = sent
         self._max_frame = max_frame
         self._backlog = backlog
+        self._arriving = arriving
         self._links: dict[str, _Link] = {}
         self._readers = trio.CapacityLimiter(8)
         self.buffers = RecvBuffers()
@@ -323,8 +325,16 @@ class ChunkTransport:
         """A data stream: CHUNK_DATA frames only, each payload copied once into a buffer
         of its exact size (no growing decode buffer to append to, slice out of and
         shift), then handed to the driver."""
+        arriving = self._arriving
+        on_start = None
+        if arriving is not None:
+
+            def on_start(release_id: ReleaseId, index: int) -> None:
+                if peer in self._links:
+                    arriving(peer, release_id, index)
+
         reader = _ChunkReader(
-            MAX_FRAME if self._max_frame is None else self._max_frame, self.buffers
+            MAX_FRAME if self._max_frame is None else self._max_frame, self.buffers, on_start
         )
         await self._pump(peer, stream, reader.feed, data_stream=True)
 
@@ -600,9 +610,15 @@ class _ChunkReader:
     allocated, version, type, header shape); the payload then goes straight into a
     buffer of its announced size.  Any error is final (the caller drops the link)."""
 
-    def __init__(self, max_frame: int, buffers: RecvBuffers | None = None) -> None:
+    def __init__(
+        self,
+        max_frame: int,
+        buffers: RecvBuffers | None = None,
+        on_start: Callable[[ReleaseId, int], None] | None = None,
+    ) -> None:
         self._max = max_frame
         self._buffers = buffers
+        self._on_start = on_start  # a payload's first bytes are due: (release, index)
         self._head = bytearray()
         self._need = _PREFIX.size  # bytes of prefix + header still to collect
         self._msg: ChunkData | None = None
@@ -660,6 +676,8 @@ class _ChunkReader:
         if size == 0:
             return msg
         self._msg = msg
+        if self._on_start is not None:
+            self._on_start(msg.release_id, msg.index)
         if self._buffers is not None:
             self._view = self._buffers.take(size)
         else:

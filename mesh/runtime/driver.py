@@ -155,6 +155,9 @@ class Driver:
         log.warning("peer %s sent bad data: %s", _short(peer), reason)
         self.feed(E.ProtocolViolation(peer, reason))
 
+    def arriving(self, peer: str, release_id: ReleaseId, index: int) -> None:
+        self.feed(E.ChunkArriving(peer, release_id, index))
+
     def sent(self, peer: str, release_id: ReleaseId, index: int, error: str) -> None:
         if error and error != "peer gone":
             self.feed(E.ChunkUnavailable(peer, release_id, index, error))
@@ -316,6 +319,15 @@ class Driver:
             "wasted_bytes": st.wasted_bytes,
             "corrupt_chunks": st.corrupt_chunks,
             "banned": sorted(st.banned),
+            # how long our chunk requests wait for their first bytes, against the
+            # transfer that follows, and the extra requests that cover the wait
+            "requests": {
+                "wait_s": None if st.request_wait_s is None else round(st.request_wait_s, 4),
+                "transfer_s": (
+                    None if st.request_transfer_s is None else round(st.request_transfer_s, 4)
+                ),
+                "cover": st.request_cover,
+            },
             # bytes received from / sent to each connected peer
             "peer_traffic": {
                 p.peer: {"from": p.bytes_from, "to": p.bytes_to, "penalty": p.penalty}

@@ -157,6 +157,7 @@ async def open_node(
                 read_chunk_into=store.get_into,
                 sent=driver.sent,
                 backlog=lambda: driver.store_backlog,
+                arriving=driver.arriving,
             )
             nursery.start_soon(driver.run_timer)
             async with open_gossip(

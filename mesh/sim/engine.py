@@ -55,7 +55,7 @@ _MAX_SAME_TIME_TIMERS = 10_000  # guard against a deadline that never advances
 _CREATED = 1_800_000_000  # fixed manifest creation time: runs must be reproducible
 
 # heap event kinds
-_TIMER, _DELIVER, _FLOW, _GOSSIP, _SCRIPT, _CONNECT, _FRAMES = range(7)
+_TIMER, _DELIVER, _FLOW, _GOSSIP, _SCRIPT, _CONNECT, _FRAMES, _ARRIVE = range(8)
 _PENDING_SCRIPTS = frozenset(("restart", "late", "join", "heal"))  # the run waits for these
 
 
@@ -367,6 +367,8 @@ class Simulation:
                 self._deliver(*payload)
             elif kind == _FLOW:
                 self._flow_done(*payload)
+            elif kind == _ARRIVE:
+                self._arrive(*payload)
             elif kind == _GOSSIP:
                 self._gossip_arrive(*payload)
             elif kind == _CONNECT:
@@ -695,6 +697,16 @@ class Simulation:
         target.flows_in.add(flow)
         self.net.start(flow, self.now)
         self._reschedule_flows()
+        # the first bytes reach the requester one link latency later
+        self._push(self.now + self._latency(node, target), _ARRIVE, (flow,))
+
+    def _arrive(self, flow: Flow) -> None:
+        dst = self.nodes[flow.dst]
+        if flow.done or not dst.alive or dst.core is None:
+            return
+        rid, index, _ = flow.payload
+        dst.core.handle(E.ChunkArriving(self.nodes[flow.src].id, rid, index), now=self.now)
+        self._drain(dst)
 
     def _reschedule_flows(self) -> None:
         for f in self.net.changed:

@@ -115,16 +115,27 @@ class Driver:
     inbox: list[tuple[str, Message]] = field(default_factory=list)
     inflight: dict[str, set[Key]] = field(default_factory=dict)  # chunk requests, by peer
     peak: dict[str, int] = field(default_factory=dict)  # most chunk requests in flight, by peer
+    peak_total: int = 0  # most chunk requests in flight to all peers together
 
 
 class Swarm:
     """In-memory network of :class:`MeshNode` s with a fake clock (see module docstring)."""
 
-    def __init__(self, *, latency: float = 0.002, rate: float = 20e6, check: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        latency: float = 0.002,
+        rate: float = 20e6,
+        check: bool = True,
+        start_delay: float | None = None,
+    ) -> None:
         self.clock = 0.0
         self.latency = latency
         self.rate = rate  # bytes/s of every link: a chunk takes CHUNK / rate to arrive
         self.check = check
+        # not None: a chunk leaves its holder this long after the request arrived (a
+        # read, a queue), and the requester hears ChunkArriving when its first bytes do
+        self.start_delay = start_delay
         self.drivers: dict[str, Driver] = {}
         self.releases: dict[ReleaseId, SignedRelease] = {
             p.manifest.release_id: p.release for p in (V1, V2, UNTRUSTED)
@@ -313,7 +324,22 @@ class Swarm:
             payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
         frame = wire.encode_chunk_header(act.release_id, act.index, len(payload)) + payload
         sent = E.ChunkSent(dst, act.release_id, act.index)
-        self.send_frame(src, dst, frame, then=lambda: self.handle(d, sent))
+        if self.start_delay is None:
+            self.send_frame(src, dst, frame, then=lambda: self.handle(d, sent))
+            return
+        link = self._links.get(frozenset((src, dst)))
+
+        def start() -> None:
+            self.send_frame(src, dst, frame, then=lambda: self.handle(d, sent))
+            arriving = E.ChunkArriving(src, act.release_id, act.index)
+
+            def first_bytes() -> None:
+                if self._links.get(frozenset((src, dst))) == link:
+                    self.handle(self.drivers[dst], arriving)
+
+            self.at(self.clock + self.latency, first_bytes)
+
+        self.at(self.clock + self.start_delay, start)
 
     def store_chunk(self, d: Driver, act: A.StoreChunk) -> None:
         ok = hashlib.sha256(act.payload).digest() == act.chunk_id.raw
@@ -374,13 +400,15 @@ class Swarm:
             reqs.add((msg.release_id, msg.index))
             c = d.node.config
             d.peak[peer] = max(d.peak.get(peer, 0), len(reqs))
+            d.peak_total = max(d.peak_total, sum(map(len, d.inflight.values())))
             q = d.node._peers.get(peer)  # adaptive pipelining: what it grants right now
             extra = 0 if q is None else q.extra
             assert len(reqs) <= c.per_peer_requests + 1 + extra, (
                 f"{d.name}: {len(reqs)} requests to {peer}"
             )
             total = sum(len(r) for r in d.inflight.values())
-            limit = c.max_requests + c.rare_requests + d.node._extra_total
+            cover = d.node.statistics().request_cover
+            limit = c.max_requests + c.rare_requests + d.node._extra_total + cover
             assert total <= limit, f"{d.name}: {total} requests"
         elif isinstance(msg, Cancel):
             d.inflight.get(peer, set()).discard((msg.release_id, msg.index))
@@ -552,6 +580,83 @@ def test_a_fast_peer_gets_a_deeper_pipeline_a_slow_one_does_not() -> None:
     _fetch_time(slow)
     assert slow.drivers["a"].peak["seed"] <= c.per_peer_requests + 1
     assert slow.node("a")._extra_total == 0
+
+
+BIG = _release(3, data=random.Random(7).randbytes(40 * CHUNK))
+
+
+def _holders_and_a(a_config: NodeConfig, **kw: Any) -> Swarm:
+    """Three nodes holding all 40 chunks of BIG, and ``a`` connected to them."""
+    net = Swarm(**kw)
+    net.releases[BIG.manifest.release_id] = BIG.release
+    for i in range(3):
+        net.add(f"h{i}", config(), have=BIG, seed=10 + i)
+    net.add("a", a_config, seed=1)
+    for i in range(3):
+        net.connect("a", f"h{i}")
+    rid = BIG.manifest.release_id
+    net.run(60.0, stop=lambda: net.complete("a", rid))
+    assert net.complete("a", rid)
+    return net
+
+
+def test_requests_cover_the_wait_before_data_flows() -> None:
+    """pipeline.cover_depth in the scheduler: each chunk here leaves its holder 10 ms
+    after the request arrives and then takes 3.3 ms, so with 2 requests in flight the
+    fetcher would be receiving less than half the time.  Once the driver reports first
+    bytes (ChunkArriving) and COVER_SAMPLES chunks are measured, it keeps
+    max_requests + start_cover_max requests in flight."""
+    cfg = config(max_requests=2, endgame_chunks=0, pipeline_time=0.0)
+    net = _holders_and_a(cfg, start_delay=0.010)
+    a = net.drivers["a"]
+    st = net.node("a").statistics()
+    assert st.request_cover == cfg.start_cover_max == 1
+    assert st.request_wait_s is not None
+    assert st.request_transfer_s is not None
+    assert st.request_wait_s > 2 * st.request_transfer_s  # 10 ms + 3 latencies vs 3.3 ms
+    assert a.peak_total == cfg.max_requests + 1
+    wider = _holders_and_a(
+        config(
+            max_requests=2,
+            per_peer_requests=2,  # 3 holders x 2 leave room for the cap
+            endgame_chunks=0,
+            pipeline_time=0.0,
+            start_cover_max=3,
+        ),
+        start_delay=0.010,
+    )
+    assert wider.drivers["a"].peak_total == 2 + 3  # the cap, not the formula's 2 * 4
+
+
+def test_no_cover_without_arrival_reports_or_when_off() -> None:
+    """A driver that never reports first bytes, or start_cover_max = 0: max_requests
+    stays the limit (the statistics say nothing was measured / no cover)."""
+    quiet = _holders_and_a(
+        config(max_requests=2, endgame_chunks=0, pipeline_time=0.0), start_delay=None
+    )
+    st = quiet.node("a").statistics()
+    assert (st.request_wait_s, st.request_transfer_s, st.request_cover) == (None, None, 0)
+    assert quiet.drivers["a"].peak_total == 2
+    off = _holders_and_a(
+        config(max_requests=2, endgame_chunks=0, pipeline_time=0.0, start_cover_max=0),
+        start_delay=0.010,
+    )
+    st = off.node("a").statistics()
+    assert st.request_wait_s is not None
+    assert st.request_cover == 0
+    assert off.drivers["a"].peak_total == 2
+
+
+def test_a_first_bytes_report_is_only_a_measurement() -> None:
+    """ChunkArriving for a chunk never requested (or from a stranger) changes nothing
+    and sends nothing; for a requested one it sends nothing either."""
+    s = Scripted()
+    node = s.node
+    before = len(s.net.drivers["v"].actions)
+    s.net.handle(s.net.drivers["v"], E.ChunkArriving("mallory", RID, 3))
+    s.net.handle(s.net.drivers["v"], E.ChunkArriving("nobody", RID, 0))
+    assert len(s.net.drivers["v"].actions) == before
+    assert node.statistics().request_cover == 0
 
 
 def test_late_joiner_fetches_from_a_node_that_completed() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core.pipeline import MIN_TRANSFERS, BusyRate, extra_depth
+from mesh.core.pipeline import MIN_TRANSFERS, BusyRate, cover_depth, extra_depth
 
 MIB = 1 << 20
 
@@ -73,3 +73,15 @@ def test_extra_depth() -> None:
     assert extra_depth(260e6, 0, 0.04, 8) == 0
     assert extra_depth(0.0, MIB, 0.04, 8) == 0
     assert extra_depth(260e6, MIB, 0.04, 0) == 0
+
+
+def test_cover_depth() -> None:
+    assert cover_depth(4, 0.1, 0.6, 4) == 1  # a shaped 50 Mbit/s LAN: 0.67 -> 1
+    assert cover_depth(4, 0.0005, 0.6, 4) == 0  # an unqueued LAN
+    assert cover_depth(4, 0.06, 0.6, 4) == 0  # 0.4 rounds down
+    assert cover_depth(4, 0.3, 0.6, 4) == 2
+    assert cover_depth(4, 3.0, 0.6, 4) == 4  # capped
+    assert cover_depth(4, 0.3, 0.6, 0) == 0  # off
+    assert cover_depth(0, 0.3, 0.6, 4) == 0
+    assert cover_depth(4, 0.3, 0.0, 4) == 0  # nothing measured
+    assert cover_depth(4, -0.1, 0.6, 4) == 0

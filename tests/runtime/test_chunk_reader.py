@@ -99,3 +99,24 @@ def test_the_pool_keeps_at_most_keep_buffers_and_ignores_foreign_payloads() -> N
     pool.take(4096)
     pool.take(4096)
     assert pool.reused == 1
+
+
+def test_first_bytes_are_reported_once_per_chunk_before_it_completes() -> None:
+    """``on_start`` (the driver's ChunkArriving) fires when a frame's header is read
+    and its payload begins -- before the chunk is returned, once per chunk, in any
+    split; an empty payload completes at once and is not reported."""
+    rng = random.Random(3)
+    msgs = _frames(rng)
+    stream = b"".join(encode(m) for m in msgs)
+    log: list[tuple[str, int]] = []
+    reader = _ChunkReader(MAX_FRAME, on_start=lambda rid, i: log.append(("start", i)))
+    pos = 0
+    while pos < len(stream):
+        n = rng.choice([1, 5, 100, 65536])
+        log += [("done", m.index) for m in reader.feed(stream[pos : pos + n])]
+        pos += n
+    assert sorted(log) == sorted(
+        [("done", i) for i in range(len(msgs))] + [("start", i) for i in range(1, len(msgs))]
+    )
+    for i in range(1, len(msgs)):
+        assert log.index(("start", i)) < log.index(("done", i))

@@ -77,6 +77,14 @@ async def test_seed_to_joiner_over_loopback(tmp_path: Path) -> None:
     rel = st["models"]["m"]["releases"][0]
     assert rel["chunks_verified"] == rel["chunks_total"] == 6
     assert st["corrupt_chunks"] == 0
+    # the reader reported each chunk's first bytes: the joiner measured how long its
+    # requests waited for them (chunks 1-4: not the first from the seed, not the short last)
+    req = st["requests"]
+    assert req["wait_s"] is not None
+    assert req["wait_s"] >= 0.0
+    assert req["transfer_s"] is not None
+    assert req["transfer_s"] >= 0.0
+    assert req["cover"] in (0, 1)
     assert _chunk_files(join_dir) == _chunk_files(seed_dir)
     assert backlog == 0  # every chunk handed to the store was accounted back
 

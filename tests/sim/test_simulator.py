@@ -307,3 +307,20 @@ def test_the_incremental_scheduler_takes_every_opportunity(
     r = run(top + SMALL.replace("count = 12", "count = 20") + tables)
     assert r["all_completed"] is True
     assert missed == []
+
+
+def test_simulated_requests_cover_a_long_start_wait() -> None:
+    """The simulator reports a chunk's first bytes one link latency after its holder
+    starts it (ChunkArriving), so the core's request cover (pipeline.cover_depth)
+    runs in simulations too: 40 ms each way against 21 ms of transfer per 256 KiB
+    chunk at 100 Mbit/s gives the cover; the LAN above (no latency set) gives none."""
+    far = SMALL.replace("down_mbit = 100\n", "down_mbit = 100\nlatency_ms = 40\n").replace(
+        "size_mb = 8", "size_mb = 32"
+    )
+    covers = {}
+    for name, text in (("lan", SMALL), ("far", far)):
+        sim = Simulation(parse_scenario(text), seed=1)
+        sim.run()
+        covers[name] = [n.core.statistics().request_cover for n in sim.nodes[1:] if n.core]
+    assert covers["lan"] == [0] * 12
+    assert covers["far"] == [1] * 12

@@ -605,13 +605,6 @@ def status(data_dir: Path | None, api: str | None, as_json: bool) -> None:
         f"traffic   up {_human_bytes(doc.get('bytes_uploaded', 0))}, "
         f"down {_human_bytes(doc.get('bytes_downloaded', 0))}"
     )
-    req = doc.get("requests") or {}
-    if req.get("wait_s") is not None and req.get("transfer_s") is not None:
-        click.echo(
-            f"requests  wait {req['wait_s'] * 1000:.0f} ms for first bytes, "
-            f"then {req['transfer_s'] * 1000:.0f} ms per chunk; "
-            f"{req.get('cover', 0)} extra in flight"
-        )
     for name, m in sorted(doc.get("models", {}).items()):
         active = m.get("active_version")
         click.echo(f"model {name}: active version {active if active is not None else '-'}")

@@ -56,8 +56,10 @@ async def open_discovery(
     addrs: list[str],
     found: Callable[[str, list[str]], None],
     lost: Callable[[str], None],
+    registered: Callable[[], None] | None = None,
 ) -> AsyncIterator[None]:
-    """Advertise this node and report others of the same mesh until the block ends."""
+    """Advertise this node and report others of the same mesh until the block ends;
+    ``registered`` is called once others can see us (the registration's probing done)."""
     token = trio.lowlevel.current_trio_token()
     try:
         zc = await trio.to_thread.run_sync(
@@ -128,6 +130,8 @@ async def open_discovery(
                 lambda: zc.register_service(info),
                 abandon_on_cancel=True,  # type: ignore[call-arg]  # trio's decorator hides it
             )
+            if registered is not None:
+                registered()
             yield
         finally:
             nursery.cancel_scope.cancel()

@@ -80,6 +80,10 @@ class Driver:
         self.store_backlog = 0
         self.addresses: dict[str, list[str]] = {}
         self.mdns_peers: set[str] = set()
+        # our mDNS record is out (registration probes ~1.7 s first): peers found since
+        # can have found us too, at about the same time; peers found before cannot
+        self.mdns_visible = False
+        self._found_while_visible: set[str] = set()
         self._local_nets = [
             ipaddress.ip_network(f"{ip}/24", strict=False) for ip in (local_ips or [])
         ]
@@ -132,6 +136,8 @@ class Driver:
         self.addresses[peer] = addrs
         if not static:
             self.mdns_peers.add(peer)
+            if new and self.mdns_visible:
+                self._found_while_visible.add(peer)
         if new:
             log.info("peer found: %s (%s)", _short(peer), "static" if static else "mDNS")
         self.feed(E.PeersDiscovered((peer,), static=static))
@@ -139,8 +145,12 @@ class Driver:
     def lost(self, peer: str) -> None:
         if peer in self.mdns_peers:
             self.mdns_peers.discard(peer)
+            self._found_while_visible.discard(peer)
             self.addresses.pop(peer, None)
             log.info("peer gone from mDNS: %s", _short(peer))
+
+    def mdns_registered(self) -> None:
+        self.mdns_visible = True
 
     def connected(self, peer: str, outbound: bool, remote_ip: str | None) -> None:
         self.feed(E.PeerConnected(peer, outbound=outbound, local=self._is_local(peer, remote_ip)))
@@ -221,10 +231,13 @@ class Driver:
         t = self.transport
         if t is None:
             return
-        if peer in self.mdns_peers and self.core.node_id > peer:
-            # Both ends found each other by mDNS at about the same time and both were
-            # told to dial: let the smaller peer id dial first, so that one connection
-            # (not two, one of them torn down again) carries the session.
+        if peer in self._found_while_visible and self.core.node_id > peer:
+            # Both ends may have found each other by mDNS at about the same time, and
+            # both were told to dial: let the smaller peer id dial first, so that one
+            # connection (not two, one of them torn down again) carries the session.
+            # Not for a peer found before our own record was out: it cannot have found
+            # us yet (it will in ~1.7 s), so waiting for it would only delay the
+            # session -- e.g. a seed started among running devices, ADR 0005.
             with trio.move_on_after(DIAL_GRACE):
                 while peer not in t.peers():
                     await trio.sleep(0.05)

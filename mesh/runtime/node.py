@@ -253,5 +253,6 @@ async def _maybe_discovery(
         addrs=[a for a in addrs if a.split("/")[2] in interfaces] or addrs,
         found=driver.found,
         lost=driver.lost,
+        registered=driver.mdns_registered,
     ):
         yield

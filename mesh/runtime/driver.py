@@ -41,6 +41,8 @@ log = logging.getLogger("edgemesh.node")
 STORE_THREADS = 4
 #: How long the larger peer id of an mDNS pair waits for the other to dial first.
 DIAL_GRACE = 1.5
+#: Our mDNS record has been out this long: every peer on the LAN has seen it.
+MDNS_SEEN_AFTER = 2.0
 
 
 class Transport(Protocol):
@@ -82,7 +84,7 @@ class Driver:
         self.mdns_peers: set[str] = set()
         # our mDNS record is out (registration probes ~1.7 s first): peers found since
         # can have found us too, at about the same time; peers found before cannot
-        self.mdns_visible = False
+        self.mdns_visible_at: float | None = None
         self._found_while_visible: set[str] = set()
         self._local_nets = [
             ipaddress.ip_network(f"{ip}/24", strict=False) for ip in (local_ips or [])
@@ -135,9 +137,9 @@ class Driver:
         new = peer not in self.addresses
         self.addresses[peer] = addrs
         if not static:
-            self.mdns_peers.add(peer)
-            if new and self.mdns_visible:
+            if peer not in self.mdns_peers and self.mdns_visible_at is not None:
                 self._found_while_visible.add(peer)
+            self.mdns_peers.add(peer)
         if new:
             log.info("peer found: %s (%s)", _short(peer), "static" if static else "mDNS")
         self.feed(E.PeersDiscovered((peer,), static=static))
@@ -150,7 +152,7 @@ class Driver:
             log.info("peer gone from mDNS: %s", _short(peer))
 
     def mdns_registered(self) -> None:
-        self.mdns_visible = True
+        self.mdns_visible_at = trio.current_time()
 
     def connected(self, peer: str, outbound: bool, remote_ip: str | None) -> None:
         self.feed(E.PeerConnected(peer, outbound=outbound, local=self._is_local(peer, remote_ip)))
@@ -227,11 +229,21 @@ class Driver:
                 action.text
             )
 
+    def _may_dial_us(self, peer: str) -> bool:
+        """Can ``peer`` have found our mDNS record (and be dialling us now)?  Yes if we
+        found it while our record was out, or our record has been out long enough for
+        anyone to see it (a redial after a disconnect); no for a peer found while our
+        registration still probed."""
+        if peer in self._found_while_visible:
+            return True
+        at = self.mdns_visible_at
+        return at is not None and trio.current_time() - at >= MDNS_SEEN_AFTER
+
     async def _dial(self, peer: str) -> None:
         t = self.transport
         if t is None:
             return
-        if peer in self._found_while_visible and self.core.node_id > peer:
+        if peer in self.mdns_peers and self.core.node_id > peer and self._may_dial_us(peer):
             # Both ends may have found each other by mDNS at about the same time, and
             # both were told to dial: let the smaller peer id dial first, so that one
             # connection (not two, one of them torn down again) carries the session.

@@ -697,8 +697,10 @@ class Simulation:
         target.flows_in.add(flow)
         self.net.start(flow, self.now)
         self._reschedule_flows()
-        # the first bytes reach the requester one link latency later
-        self._push(self.now + self._latency(node, target), _ARRIVE, (flow,))
+        # flows have no propagation delay (section 3.1 of docs/simulator.md): the
+        # requester's first bytes are due as the flow starts (an event of its own:
+        # not in the middle of the sender's actions)
+        self._push(self.now, _ARRIVE, (flow,))
 
     def _arrive(self, flow: Flow) -> None:
         dst = self.nodes[flow.dst]

@@ -3,7 +3,8 @@ pair"): the larger peer id waits ``DIAL_GRACE`` for the smaller one to dial -- b
 only for a peer it found while its own mDNS record was out.  A peer found earlier
 (we just started; our registration still probes) cannot have found us yet, so we
 dial it at once: a seed started among running devices reaches all of them now, not
-half of them 1-1.5 s later."""
+half of them 1-1.5 s later.  Once our record has been out ``MDNS_SEEN_AFTER``,
+every peer has seen it: a redial (after a disconnect) waits again."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, cast
 import trio
 import trio.testing
 
-from mesh.runtime.driver import DIAL_GRACE, Driver
+from mesh.runtime.driver import DIAL_GRACE, MDNS_SEEN_AFTER, Driver
 
 
 @dataclass
@@ -105,3 +106,30 @@ async def test_the_smaller_id_never_waits(autojump_clock: trio.testing.MockClock
         d.found("p", ADDRS)
         await d._dial("p")
     assert t.dialled == [("p", 0.0)]
+
+
+async def test_a_redial_once_everybody_sees_us_waits_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as n:
+        d, t = _driver(n, "z")
+        d.found("p", ADDRS)  # before our record was out
+        d.mdns_registered()
+        await trio.sleep(MDNS_SEEN_AFTER)  # ... the session ran and broke; now redial
+        start = trio.current_time()
+        await d._dial("p")
+    [(_, at)] = t.dialled
+    assert DIAL_GRACE <= at - start < DIAL_GRACE + 0.1
+
+
+async def test_a_static_peer_later_found_by_mdns_gets_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as n:
+        d, t = _driver(n, "z")
+        d.mdns_registered()
+        d.found("p", ADDRS, static=True)
+        d.found("p", ADDRS)  # the same peer, now also by mDNS: it can see us too
+        await d._dial("p")
+    [(_, at)] = t.dialled
+    assert at >= DIAL_GRACE

@@ -560,6 +560,7 @@ class MeshNode:
         return True
 
     def statistics(self) -> NodeStatistics:
+        measured = self._cover_samples >= COVER_SAMPLES  # the request cover's averages
         return NodeStatistics(
             peers=tuple(
                 PeerStats(p.id, p.penalty, p.bytes_from, p.bytes_to, p.rate_ewma)
@@ -577,8 +578,8 @@ class MeshNode:
             corrupt_chunks=self._stats["corrupt"],
             requests_timed_out=self._stats["timeouts"],
             banned=tuple(sorted(p for p, until in self._banned.items() if until > self._now)),
-            request_wait_s=self._wait_ewma if self._cover_samples >= COVER_SAMPLES else None,
-            request_transfer_s=self._xfer_ewma if self._cover_samples >= COVER_SAMPLES else None,
+            request_wait_s=self._wait_ewma if measured else None,
+            request_transfer_s=self._xfer_ewma if measured else None,
             request_cover=self._cover,
         )
 

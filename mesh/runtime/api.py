@@ -31,8 +31,8 @@ from typing import Any
 import h11
 import trio
 
-# trio-typing (a py-libp2p dependency) installs trio-stubs, which mypy reads instead of
-# trio's own annotations; TaskStatus is defined there.
+# trio-typing (a py-libp2p dependency) installs type annotations for trio that mypy
+# reads in place of trio's own; TaskStatus is defined in them.
 from trio_typing import TaskStatus
 
 from mesh import __version__

@@ -81,11 +81,11 @@ class Driver:
         #: transport stops reading data streams while this is large)
         self.store_backlog = 0
         self.addresses: dict[str, list[str]] = {}
-        self.mdns_peers: set[str] = set()
-        # our mDNS record is out (registration probes ~1.7 s first): peers found since
-        # can have found us too, at about the same time; peers found before cannot
+        # peers found by mDNS -> whether our own record was out then (registration
+        # probes ~1.7 s first): a peer found since can have found us too, at about
+        # the same time; a peer found before cannot
+        self.mdns_peers: dict[str, bool] = {}
         self.mdns_visible_at: float | None = None
-        self._found_while_visible: set[str] = set()
         self._local_nets = [
             ipaddress.ip_network(f"{ip}/24", strict=False) for ip in (local_ips or [])
         ]
@@ -136,18 +136,14 @@ class Driver:
     def found(self, peer: str, addrs: list[str], *, static: bool = False) -> None:
         new = peer not in self.addresses
         self.addresses[peer] = addrs
-        if not static:
-            if peer not in self.mdns_peers and self.mdns_visible_at is not None:
-                self._found_while_visible.add(peer)
-            self.mdns_peers.add(peer)
+        if not static and peer not in self.mdns_peers:
+            self.mdns_peers[peer] = self.mdns_visible_at is not None
         if new:
             log.info("peer found: %s (%s)", _short(peer), "static" if static else "mDNS")
         self.feed(E.PeersDiscovered((peer,), static=static))
 
     def lost(self, peer: str) -> None:
-        if peer in self.mdns_peers:
-            self.mdns_peers.discard(peer)
-            self._found_while_visible.discard(peer)
+        if self.mdns_peers.pop(peer, None) is not None:
             self.addresses.pop(peer, None)
             log.info("peer gone from mDNS: %s", _short(peer))
 
@@ -234,7 +230,7 @@ class Driver:
         found it while our record was out, or our record has been out long enough for
         anyone to see it (a redial after a disconnect); no for a peer found while our
         registration still probed."""
-        if peer in self._found_while_visible:
+        if self.mdns_peers.get(peer):
             return True
         at = self.mdns_visible_at
         return at is not None and trio.current_time() - at >= MDNS_SEEN_AFTER

@@ -58,6 +58,19 @@ def _driver(nursery: trio.Nursery, me: str) -> tuple[Driver, _Transport]:
 ADDRS = ["/ip4/10.0.0.2/tcp/4101"]
 
 
+def _found_while_visible(nursery: trio.Nursery, me: str) -> tuple[Driver, _Transport]:
+    """A driver whose mDNS record is out, then finds peer ``p`` by mDNS."""
+    d, t = _driver(nursery, me)
+    d.mdns_registered()
+    d.found("p", ADDRS)
+    return d, t
+
+
+def _dialled_after_grace(t: _Transport, start: float = 0.0) -> bool:
+    [(peer, at)] = t.dialled
+    return peer == "p" and DIAL_GRACE <= at - start < DIAL_GRACE + 0.1
+
+
 async def test_a_peer_found_before_our_record_is_out_is_dialled_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -73,22 +86,16 @@ async def test_the_larger_id_waits_for_a_peer_found_while_visible(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with trio.open_nursery() as n:
-        d, t = _driver(n, "z")
-        d.mdns_registered()
-        d.found("p", ADDRS)  # found after our record is out
+        d, t = _found_while_visible(n, "z")
         await d._dial("p")  # nobody dials us: after the grace, we do
-    [(peer, at)] = t.dialled
-    assert peer == "p"
-    assert DIAL_GRACE <= at < DIAL_GRACE + 0.1
+    assert _dialled_after_grace(t)
 
 
 async def test_the_larger_id_does_not_dial_when_the_smaller_did(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with trio.open_nursery() as n:
-        d, t = _driver(n, "z")
-        d.mdns_registered()
-        d.found("p", ADDRS)
+        d, t = _found_while_visible(n, "z")
 
         async def they_dial() -> None:
             await trio.sleep(0.3)
@@ -101,9 +108,7 @@ async def test_the_larger_id_does_not_dial_when_the_smaller_did(
 
 async def test_the_smaller_id_never_waits(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as n:
-        d, t = _driver(n, "a")
-        d.mdns_registered()
-        d.found("p", ADDRS)
+        d, t = _found_while_visible(n, "a")
         await d._dial("p")
     assert t.dialled == [("p", 0.0)]
 
@@ -118,8 +123,7 @@ async def test_a_redial_once_everybody_sees_us_waits_again(
         await trio.sleep(MDNS_SEEN_AFTER)  # ... the session ran and broke; now redial
         start = trio.current_time()
         await d._dial("p")
-    [(_, at)] = t.dialled
-    assert DIAL_GRACE <= at - start < DIAL_GRACE + 0.1
+    assert _dialled_after_grace(t, start)
 
 
 async def test_a_static_peer_later_found_by_mdns_gets_the_grace(
